@@ -1,0 +1,37 @@
+"""Keras 3 on the TensorFlow backend, imported on first use, and the custom layers the twins need.
+
+Importing this module imports TensorFlow (seconds), so the family files import it
+inside their Keras builders only.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from onnxtwin.runtime.errors import OnnxtwinError  # noqa: E402
+
+if keras.backend.backend() != "tensorflow":
+    raise OnnxtwinError(f"Keras backend: expected 'tensorflow' (KERAS_BACKEND), "
+                        f"got {keras.backend.backend()!r}")
+
+
+class AddPositions(keras.layers.Layer):
+    """Add the first `seq` rows of a fixed positional table (the torch twin's same constant)."""
+
+    def __init__(self, table: np.ndarray, **kwargs):
+        super().__init__(**kwargs)
+        self.table = keras.ops.convert_to_tensor(table)
+
+    def call(self, x):
+        return x + self.table[: keras.ops.shape(x)[1]]
+
+
+def seeded(seed: int) -> None:
+    """Seed Keras' initialisers (Python, numpy and TensorFlow global generators)."""
+    keras.utils.set_random_seed(seed)

@@ -1,0 +1,116 @@
+"""Transformer encoder classifier: Embedding + sinusoidal positions, post-norm encoder layers,
+masked mean pool, Dense. Token id 0 is padding: masked in attention and in the pool.
+
+Every row needs at least one non-padding token (an all-padding row has nothing to attend to).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from onnxtwin.builders import layers
+from onnxtwin.builders.signature import ModelSpec, Signature, TensorSpec, require
+
+ACTIVATIONS = ("relu", "gelu")
+
+
+@dataclass(frozen=True)
+class TransformerSpec(ModelSpec):
+    """`activation` gelu is the exact (erf) GELU on both sides."""
+
+    family: ClassVar[str] = "transformer"
+    name: str = "transformer"
+    vocab: int = 10000
+    d_model: int = 64
+    heads: int = 4
+    layers: int = 2
+    ff: int = 128
+    activation: str = "relu"
+    norm_eps: float = 1e-5
+    max_len: int = 2048
+    classes: int = 10
+
+    def check(self) -> None:
+        for field in ("heads", "layers", "ff", "max_len", "classes"):
+            require(getattr(self, field) >= 1, self, f"{field} >= 1", getattr(self, field))
+        require(self.vocab >= 2, self, "vocab >= 2 (id 0 is padding)", self.vocab)
+        require(self.d_model >= 2 and self.d_model % 2 == 0, self,
+                "an even d_model >= 2 (sinusoidal positions)", self.d_model)
+        require(self.d_model % self.heads == 0, self,
+                f"d_model divisible by heads={self.heads}", self.d_model)
+        require(self.activation in ACTIVATIONS, self, f"activation in {ACTIVATIONS}",
+                self.activation)
+        require(self.norm_eps > 0, self, "norm_eps > 0", self.norm_eps)
+
+    @property
+    def signature(self) -> Signature:
+        return Signature(
+            inputs=(TensorSpec("tokens", "int64", ("batch", "seq"), vocab=self.vocab),),
+            outputs=(TensorSpec("logits", "float32", ("batch", self.classes)),))
+
+    def positions(self):
+        return layers.sinusoidal_table(self.max_len, self.d_model)
+
+    def torch_model(self) -> nn.Module:
+        return TorchTransformer(self)
+
+    def keras_model(self):
+        return keras_transformer(self)
+
+    def layer_maps(self) -> list[layers.LayerMap]:
+        maps = [layers.embedding("embedding", "embedding")]
+        for i in range(self.layers):
+            t, k = f"encoder.{i}", f"encoder{i}"
+            maps += [layers.attention(f"{t}.self_attn", f"{k}_attn", self.heads),
+                     layers.layernorm(f"{t}.norm1", f"{k}_norm1"),
+                     layers.dense(f"{t}.linear1", f"{k}_linear1"),
+                     layers.dense(f"{t}.linear2", f"{k}_linear2"),
+                     layers.layernorm(f"{t}.norm2", f"{k}_norm2")]
+        return [*maps, layers.dense("fc", "fc")]
+
+
+class TorchTransformer(nn.Module):
+    def __init__(self, spec: TransformerSpec):
+        super().__init__()
+        self.embedding = nn.Embedding(spec.vocab, spec.d_model)
+        self.register_buffer("positions", torch.from_numpy(spec.positions()), persistent=False)
+        self.encoder = nn.ModuleList(
+            nn.TransformerEncoderLayer(spec.d_model, spec.heads, spec.ff, dropout=0.0,
+                                       activation=spec.activation, layer_norm_eps=spec.norm_eps,
+                                       batch_first=True)
+            for _ in range(spec.layers))
+        self.fc = nn.Linear(spec.d_model, spec.classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        padding = tokens == 0  # True = ignore
+        x = self.embedding(tokens) + self.positions[: tokens.shape[1]]
+        for layer in self.encoder:
+            x = layer(x, src_key_padding_mask=padding)
+        keep = (~padding).unsqueeze(-1).to(x.dtype)
+        return self.fc((x * keep).sum(1) / keep.sum(1).clamp(min=1))
+
+
+def keras_transformer(spec: TransformerSpec):
+    from onnxtwin.builders.keras_support import AddPositions, keras
+
+    ops, kl = keras.ops, keras.layers
+    tokens = keras.Input((None,), dtype="int64", name="tokens")
+    keep = ops.not_equal(tokens, 0)  # True = attend
+    attend = ops.expand_dims(keep, 1)  # [batch, 1, seq]: the same keys for every query
+    x = kl.Embedding(spec.vocab, spec.d_model, name="embedding")(tokens)
+    x = AddPositions(spec.positions(), name="positions")(x)
+    for i in range(spec.layers):
+        mha = kl.MultiHeadAttention(spec.heads, spec.d_model // spec.heads, name=f"encoder{i}_attn")
+        x = kl.LayerNormalization(epsilon=spec.norm_eps, name=f"encoder{i}_norm1")(
+            x + mha(x, x, attention_mask=attend))
+        ff = kl.Dense(spec.ff, activation=spec.activation, name=f"encoder{i}_linear1")(x)
+        ff = kl.Dense(spec.d_model, name=f"encoder{i}_linear2")(ff)
+        x = kl.LayerNormalization(epsilon=spec.norm_eps, name=f"encoder{i}_norm2")(x + ff)
+    weight = ops.expand_dims(ops.cast(keep, "float32"), -1)
+    pooled = ops.sum(x * weight, axis=1) / ops.maximum(ops.sum(weight, axis=1), 1.0)
+    logits = kl.Dense(spec.classes, name="fc")(pooled)
+    return keras.Model(tokens, logits, name=spec.name)

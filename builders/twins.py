@@ -1,0 +1,138 @@
+"""A twin pair: one spec, a torch model and a Keras model holding the same weights."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from onnxtwin.builders.registry import get_spec, make_spec
+from onnxtwin.builders.signature import ModelSpec
+from onnxtwin.builders.weights import (
+    Weights,
+    keras_state,
+    keras_to_torch,
+    load_keras_state,
+    load_torch_state,
+    read_weights,
+    save_weights,
+    torch_state,
+    torch_to_keras,
+    weights_hash,
+)
+from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.files import atomic_path
+
+Source = Literal["torch", "keras"]
+TORCH_FILE, KERAS_FILE, SPEC_FILE = "torch.safetensors", "keras.weights.h5", "spec.json"
+
+
+@dataclass
+class Twins:
+    """The torch twin (in eval mode) and the Keras twin of one spec, with equal weights."""
+
+    spec: ModelSpec
+    torch_model: torch.nn.Module
+    keras_model: Any
+
+    @property
+    def weights(self) -> Weights:
+        """The canonical weights: the torch state dict as numpy arrays."""
+        return torch_state(self.torch_model)
+
+    def run_torch(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return _run_torch(self.torch_model, self._ordered(inputs), torch.float32)
+
+    def run_oracle(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The torch twin run in float64 on the same float32 weights and inputs: the reference."""
+        return _run_torch(copy.deepcopy(self.torch_model).double(), self._ordered(inputs),
+                          torch.float64)
+
+    def run_keras(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        args = self._ordered(inputs)
+        return np.asarray(self.keras_model(args[0] if len(args) == 1 else args, training=False))
+
+    def _ordered(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        expected = [t.name for t in self.spec.signature.inputs]
+        if sorted(inputs) != sorted(expected):
+            raise OnnxtwinError(f"model {self.spec.name!r}: expected inputs {expected}, "
+                                f"got {sorted(inputs)}")
+        return [inputs[n] for n in expected]
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write spec.json, the torch weights (safetensors) and the Keras weights (.weights.h5)."""
+        out = Path(out_dir)
+        weights = self.weights
+        meta = {"family": self.spec.family, "name": self.spec.name,
+                "spec_hash": self.spec.spec_hash, "weights_hash": weights_hash(weights)}
+        save_weights(out / TORCH_FILE, weights, meta)
+        with atomic_path(out / KERAS_FILE) as tmp:
+            self.keras_model.save_weights(str(tmp))
+        with atomic_path(out / SPEC_FILE) as tmp:
+            tmp.write_text(json.dumps({**meta, "hyperparameters": self.spec.hyperparameters()},
+                                      indent=2) + "\n")
+        return out
+
+
+def build_twins(model: str | ModelSpec, seed: int = 0, source: Source = "torch") -> Twins:
+    """Initialise `source`'s twin with `seed` and transfer its weights to the other one.
+
+    The same spec, seed and source give bit-identical weights.
+    """
+    spec = model if isinstance(model, ModelSpec) else get_spec(model)
+    if source == "torch":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            torch_model = spec.torch_model()
+        return from_weights(spec, torch_state(torch_model))
+    if source == "keras":
+        from onnxtwin.builders.keras_support import seeded
+
+        seeded(seed)
+        keras_model = spec.keras_model()
+        torch_model = spec.torch_model()
+        load_torch_state(torch_model, keras_to_torch(spec.layer_maps(), keras_state(keras_model)),
+                         f"{spec.name}: keras -> torch")
+        return Twins(spec, torch_model.eval(), keras_model)
+    raise OnnxtwinError(f"source: expected 'torch' or 'keras', got {source!r}")
+
+
+def from_weights(spec: ModelSpec, weights: Weights, origin: str = "weights") -> Twins:
+    """Twins of `spec` carrying torch-layout `weights` (checked against the model)."""
+    torch_model = spec.torch_model()
+    load_torch_state(torch_model, weights, f"{spec.name}: {origin}")
+    keras_model = spec.keras_model()
+    load_keras_state(keras_model, torch_to_keras(spec.layer_maps(), weights),
+                     f"{spec.name}: torch -> keras")
+    return Twins(spec, torch_model.eval(), keras_model)
+
+
+def load_twins(folder: str | Path) -> Twins:
+    """Twins from a folder written by Twins.save (spec.json + torch.safetensors)."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / SPEC_FILE).read_text())
+        spec = make_spec(meta["family"], meta["name"], **meta["hyperparameters"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise OnnxtwinError(f"twins folder {folder}: expected a readable {SPEC_FILE} with "
+                            f"family, name and hyperparameters, got {type(e).__name__}: {e}") \
+            from None
+    weights, stored = read_weights(folder / TORCH_FILE)
+    if stored.get("spec_hash") != spec.spec_hash:
+        raise OnnxtwinError(f"{folder / TORCH_FILE}: expected weights for spec "
+                            f"{spec.spec_hash[:12]}, got {stored.get('spec_hash', 'none')[:12]}")
+    return from_weights(spec, weights, str(folder / TORCH_FILE))
+
+
+def _run_torch(model: torch.nn.Module, args: list[np.ndarray], dtype: torch.dtype) -> np.ndarray:
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return t.to(dtype) if t.is_floating_point() else t
+
+    with torch.inference_mode():
+        return model(*(tensor(a) for a in args)).numpy()
