@@ -1,7 +1,11 @@
-"""CNN image classifier: Conv-ReLU(-MaxPool) x N, Flatten, Dense-ReLU, Dense; NCHW at the boundary."""
+"""CNN image classifier: Conv-ReLU(-MaxPool) x N, Flatten, Dense-ReLU, Dense.
+
+Images are NCHW at the boundary of both twins; the Keras twin permutes to NHWC inside.
+"""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -71,7 +75,7 @@ class TorchCnn(nn.Module):
         super().__init__()
         sizes = (spec.in_channels, *spec.channels)
         self.convs = nn.ModuleList(nn.Conv2d(i, o, spec.kernel_size)
-                                   for i, o in zip(sizes, sizes[1:], strict=False))
+                                   for i, o in itertools.pairwise(sizes))
         self.fc1 = nn.Linear(spec.channels[-1] * spec.feature_size ** 2, spec.dense)
         self.fc2 = nn.Linear(spec.dense, spec.classes)
 

@@ -11,10 +11,10 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-from onnxtwin.runtime.errors import OnnxtwinError  # noqa: E402
+from onnxtwin.runtime.errors import OnnxtwinError
 
 if keras.backend.backend() != "tensorflow":
     raise OnnxtwinError(f"Keras backend: expected 'tensorflow' (KERAS_BACKEND), "

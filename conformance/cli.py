@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +26,7 @@ SpecOption = Annotated[Path | None, typer.Option(
     "--spec", help="TOML file of extra model variants ([models.NAME] tables).")]
 
 
-class Source(str, Enum):
+class Source(StrEnum):
     torch = "torch"
     keras = "keras"
 

@@ -23,8 +23,9 @@ def test_flatten_permutation_matches_nchw_and_nhwc_flatten():
     lambda: layers.attention("a", "a", heads=4), lambda: layers.layernorm("n", "n"),
     lambda: layers.embedding("e", "e")])
 def test_converters_invert_exactly(make):
-    shapes = {"c": [(8, 3, 3, 3), (8,)], "d": [(5, 24), (5,)], "g": [(12, 6), (12, 4), (12,), (12,)],
-              "a": [(48, 16), (48,), (16, 16), (16,)], "n": [(7,), (7,)], "e": [(11, 6)]}
+    shapes = {"c": [(8, 3, 3, 3), (8,)], "d": [(5, 24), (5,)],
+              "g": [(12, 6), (12, 4), (12,), (12,)], "a": [(48, 16), (48,), (16, 16), (16,)],
+              "n": [(7,), (7,)], "e": [(11, 6)]}
     m = make()
     rng = np.random.default_rng(1)
     arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes[m.layer]]
@@ -44,7 +45,8 @@ def test_gru_gate_reorder_and_bias_rows():
 def test_attention_head_split():
     d, heads = 8, 2
     in_w = np.arange(3 * d * d, dtype=np.float32).reshape(3 * d, d)
-    qk = layers.attention("a", "a", heads).to_keras(in_w, np.zeros(3 * d), np.eye(d), np.zeros(d))[0]
+    convert = layers.attention("a", "a", heads).to_keras
+    qk = convert(in_w, np.zeros(3 * d), np.eye(d), np.zeros(d))[0]
     assert qk.shape == (d, heads, d // heads)
     np.testing.assert_array_equal(qk[:, 1, 0], in_w[d // heads])  # head 1 starts at row 4
 
