@@ -36,6 +36,16 @@ def sample_inputs(spec: ModelSpec, batch: int, seq: int | None = None,
     return out
 
 
+CHECK_BATCHES = (1, 7)
+CHECK_SEQ_LENGTHS = (1, 12, 50)
+
+
+def check_shapes(spec: ModelSpec) -> list[tuple[int, int | None]]:
+    """(batch, seq) pairs every check runs: batch 1 and 7; for token models seq 1, 12, 50."""
+    seqs = CHECK_SEQ_LENGTHS if has_seq(spec) else (None,)
+    return [(b, s) for b in CHECK_BATCHES for s in seqs]
+
+
 def has_seq(spec: ModelSpec) -> bool:
     """Whether the spec's inputs have a `seq` dimension."""
     return any("seq" in t.shape for t in spec.signature.inputs)

@@ -26,10 +26,10 @@ class AddPositions(keras.layers.Layer):
 
     def __init__(self, table: np.ndarray, **kwargs):
         super().__init__(**kwargs)
-        self.table = keras.ops.convert_to_tensor(table)
+        self.table = table  # numpy: a constant in every traced graph, not a captured input
 
     def call(self, x):
-        return x + self.table[: keras.ops.shape(x)[1]]
+        return x + keras.ops.convert_to_tensor(self.table)[: keras.ops.shape(x)[1]]
 
 
 def seeded(seed: int) -> None:

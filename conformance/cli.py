@@ -31,6 +31,12 @@ class Source(StrEnum):
     keras = "keras"
 
 
+class Frameworks(StrEnum):
+    torch = "torch"
+    keras = "keras"
+    both = "both"
+
+
 def _load_specs(spec_file: Path | None) -> list[str]:
     from onnxtwin.builders import load_toml
 
@@ -97,6 +103,62 @@ def build(
     console.print(f"wrote {out}/ ({len(results)} models, parity.json)")
     if not all(r.passed for r in results):
         raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", "-m", help="Variant to export (repeatable). Default: every built-in model.")
+    ] = None,
+    framework: Annotated[Frameworks, typer.Option(help="Which twin to export.")] = Frameworks.both,
+    opset: Annotated[int, typer.Option(
+        help="ONNX opset: 17-20 for torch, 17-18 for keras (tf2onnx 1.17).")] = 18,
+    spec: SpecOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the weight initialisation.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("onnxtwin-export"),
+    cache: Annotated[bool, typer.Option(help="Reuse accepted exports ($ONNXTWIN_CACHE).")] = True,
+) -> None:
+    """Export twins to OUT/NAME.FRAMEWORK.onnx, each accepted only after the gate.
+
+    Gate: onnx.checker (full), the opset written, standard ops only, and onnxruntime CPU
+    outputs within 1e-5 of the framework twin at batch 1 and 7 (seq 1, 12, 50). Both
+    files carry the spec's input/output names, dtypes and `batch`/`seq` dims.
+    OUT/export.json lists every file with its op histogram and gate errors.
+    """
+    from onnxtwin.builders import BUILTIN, build_twins, get_spec
+    from onnxtwin.export import FRAMEWORKS, check_request, export_model, graph_differences
+
+    extra = _load_specs(spec)
+    frameworks = FRAMEWORKS if framework is Frameworks.both else (framework.value,)
+    for fw in frameworks:
+        check_request(fw, opset)
+    selected = [get_spec(n) for n in (model or [s.name for s in BUILTIN] + extra)]
+    table = Table(title=f"ONNX exports, opset {opset} (gate: max abs error vs framework <= 1e-5)")
+    for column in ("model", "framework", "gate max abs", "nodes", "cache", "seconds"):
+        table.add_column(column, no_wrap=True)
+    summary = []
+    with console.status("") as status:
+        for s in selected:
+            status.update(f"building {s.name} ...")
+            twins = build_twins(s, seed=seed)
+            results = []
+            for fw in frameworks:
+                status.update(f"exporting {s.name} from {fw} ...")
+                results.append(export_model(twins, fw, out, opset=opset, use_cache=cache))
+            differences = graph_differences(results)
+            for r in results:
+                table.add_row(s.name, r.framework, f"{r.max_abs:.2e}", str(sum(r.ops.values())),
+                              "hit" if r.cache_hit else "miss", f"{r.seconds:.1f}")
+            summary.append({"model": s.name, "differences": differences,
+                            "files": [r.to_dict() for r in results]})
+    with atomic_path(out / "export.json") as tmp:
+        tmp.write_text(json.dumps({"opset": opset, "seed": seed, "models": summary}, indent=2)
+                       + "\n")
+    console.print(table)
+    for m in summary:
+        if m["differences"]:
+            console.print(f"{m['model']}: the graphs differ in kind: {'; '.join(m['differences'])}")
+    console.print(f"wrote {out}/ ({sum(len(m['files']) for m in summary)} files, export.json)")
 
 
 def main() -> None:

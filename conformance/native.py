@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onnxtwin.builders import Twins, has_seq, sample_inputs
-from onnxtwin.builders.signature import ModelSpec
+from onnxtwin.builders import Twins, check_shapes, sample_inputs
 from onnxtwin.conformance.metrics import FLOAT32_ABS_TOLERANCE, Comparison, compare
 
-BATCHES = (1, 7)
-SEQ_LENGTHS = (1, 12, 50)
 PAIRS = ("torch_vs_keras", "torch_vs_oracle", "keras_vs_oracle")
 
 
@@ -41,17 +38,11 @@ class NativeParity:
         return all(getattr(c, p).passed(self.tolerance) for c in self.cases for p in PAIRS)
 
 
-def native_shapes(spec: ModelSpec) -> list[tuple[int, int | None]]:
-    """Batch 1 and 7; for token models each with sequence lengths 1, 12 and 50."""
-    seqs = SEQ_LENGTHS if has_seq(spec) else (None,)
-    return [(b, s) for b in BATCHES for s in seqs]
-
-
 def native_parity(twins: Twins, tolerance: float = FLOAT32_ABS_TOLERANCE,
                   seed: int = 1) -> NativeParity:
     """Run both twins and the oracle on seeded inputs at every native shape and compare."""
     cases = []
-    for batch, seq in native_shapes(twins.spec):
+    for batch, seq in check_shapes(twins.spec):
         x = sample_inputs(twins.spec, batch, seq, seed=seed)
         oracle, t, k = twins.run_oracle(x), twins.run_torch(x), twins.run_keras(x)
         cases.append(NativeCase(batch, seq, compare(t, k), compare(t, oracle), compare(k, oracle)))

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 
 from onnxtwin.builders import build_twins, registry
+
+
+@pytest.fixture(scope="session", autouse=True)
+def export_cache():
+    """A fresh export cache for the session, so no test reads a user's cache."""
+    with tempfile.TemporaryDirectory(prefix="onnxtwin-cache-") as folder:
+        os.environ["ONNXTWIN_CACHE"] = folder
+        yield folder
 
 
 @pytest.fixture(scope="session")

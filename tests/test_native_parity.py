@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxtwin.builders import BUILTIN, sample_inputs
-from onnxtwin.conformance.native import PAIRS, native_parity, native_shapes
+from onnxtwin.builders import BUILTIN, check_shapes, sample_inputs
+from onnxtwin.conformance.native import PAIRS, native_parity
 
 NAMES = [s.name for s in BUILTIN]
 TOLERANCE = 1e-5
@@ -16,7 +16,7 @@ TOLERANCE = 1e-5
 @pytest.mark.parametrize("name", NAMES)
 def test_twins_agree_at_every_shape(twins_of, name, source):
     parity = native_parity(twins_of(name, source), tolerance=TOLERANCE)
-    assert [(c.batch, c.seq) for c in parity.cases] == native_shapes(twins_of(name).spec)
+    assert [(c.batch, c.seq) for c in parity.cases] == check_shapes(twins_of(name).spec)
     for case in parity.cases:
         for pair in PAIRS:
             comparison = getattr(case, pair)
@@ -27,8 +27,8 @@ def test_twins_agree_at_every_shape(twins_of, name, source):
 
 
 def test_shapes_cover_batches_and_sequence_lengths(twins_of):
-    assert native_shapes(twins_of("cnn").spec) == [(1, None), (7, None)]
-    assert native_shapes(twins_of("gru").spec) == [(b, s) for b in (1, 7) for s in (1, 12, 50)]
+    assert check_shapes(twins_of("cnn").spec) == [(1, None), (7, None)]
+    assert check_shapes(twins_of("gru").spec) == [(b, s) for b in (1, 7) for s in (1, 12, 50)]
 
 
 def test_oracle_runs_in_float64_and_is_closer_than_float32_noise(twins_of):

@@ -1,0 +1,116 @@
+"""Export a twin pair to two ONNX files with one signature, each accepted only by the gate."""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+
+from onnxtwin.builders import Twins
+from onnxtwin.builders.weights import weights_hash
+from onnxtwin.export import cache
+from onnxtwin.export.gate import GateCase, check_file, node_ops, run_against
+from onnxtwin.export.metadata import stamp, tool_versions
+from onnxtwin.export.signature import apply_signature
+from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.files import atomic_path
+
+FRAMEWORKS = ("torch", "keras")
+OPSETS = {"torch": (17, 18, 19, 20), "keras": (17, 18)}  # tf2onnx 1.17 stops at 18
+DEFAULT_OPSET = 18
+# Ops that make a graph different in kind (recurrence as a native op or a loop, fused norms).
+KIND_OPS = frozenset({"LSTM", "GRU", "RNN", "Loop", "Scan", "If", "LayerNormalization",
+                      "Attention"})
+TOLERANCE = 1e-5
+IR_VERSION = 10  # onnxruntime 1.31 reads IR <= 13; 10 is what every tool here can write
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """One accepted file: where, what it contains, how it passed the gate, and its cost."""
+
+    model: str
+    framework: str
+    path: Path
+    opset: int
+    ops: dict[str, int]
+    gate: tuple[GateCase, ...]
+    cache_hit: bool
+    seconds: float
+
+    @property
+    def max_abs(self) -> float:
+        return max(c.max_abs for c in self.gate)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "path": str(self.path)}
+
+
+def check_request(framework: str, opset: int) -> None:
+    """Refuse an unknown framework or an opset its exporter cannot write."""
+    if framework not in FRAMEWORKS:
+        raise OnnxtwinError(f"framework: expected one of {FRAMEWORKS}, got {framework!r}")
+    if opset not in OPSETS[framework]:
+        raise OnnxtwinError(f"opset for {framework}: expected one of {list(OPSETS[framework])}"
+                            f", got {opset}")
+
+
+def _export(twins: Twins, framework: str, opset: int) -> onnx.ModelProto:
+    if framework == "torch":
+        from onnxtwin.export.torch_export import export_torch
+
+        return export_torch(twins, opset)
+    from onnxtwin.export.keras_export import export_keras
+
+    return export_keras(twins, opset)
+
+
+def export_model(twins: Twins, framework: str, out_dir: str | Path, opset: int = DEFAULT_OPSET,
+                 tolerance: float = TOLERANCE, use_cache: bool = True) -> ExportResult:
+    """Write OUT/NAME.FRAMEWORK.onnx: exported, signed, stamped, gated, then renamed into place."""
+    check_request(framework, opset)
+    spec, start = twins.spec, time.perf_counter()
+    path = Path(out_dir) / f"{spec.name}.{framework}.onnx"
+    weights, versions = weights_hash(twins.weights), tool_versions()
+    key = cache.cache_key(spec=spec.spec_hash, weights=weights, framework=framework, opset=opset,
+                          ir=IR_VERSION, tolerance=tolerance, versions=versions)
+    if use_cache and (hit := cache.fetch(key, path)):
+        gate = tuple(GateCase(**c) for c in hit["gate"])
+        return ExportResult(spec.name, framework, path, opset, hit["ops"], gate, True,
+                            time.perf_counter() - start)
+
+    what = f"{framework} export of {spec.name!r} (opset {opset})"
+    model = apply_signature(_export(twins, framework, opset), spec.signature)
+    model.ir_version = min(model.ir_version, IR_VERSION)
+    stamp(model, {"onnxtwin.family": spec.family, "onnxtwin.variant": spec.name,
+                  "onnxtwin.framework": framework, "onnxtwin.spec_hash": spec.spec_hash,
+                  "onnxtwin.weights_hash": weights, "onnxtwin.opset": str(opset),
+                  "onnxtwin.hyperparameters": json.dumps(spec.hyperparameters(), sort_keys=True),
+                  **{f"onnxtwin.version.{k}": v for k, v in versions.items()}})
+    run = twins.run_torch if framework == "torch" else twins.run_keras
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+        checked = check_file(tmp, opset, what)
+        gate = tuple(run_against(tmp, spec, run, tolerance, what))
+        ops = dict(sorted(collections.Counter(op for _, op in node_ops(checked.graph)).items()))
+        if use_cache:
+            cache.store(key, tmp, {"gate": [asdict(c) for c in gate], "ops": ops})
+    return ExportResult(spec.name, framework, path, opset, ops, gate, False,
+                        time.perf_counter() - start)
+
+
+def graph_differences(results: list[ExportResult]) -> list[str]:
+    """Where the twins' files differ in kind: KIND_OPS one file has and the other lacks."""
+    by_framework = {r.framework: set(r.ops) & KIND_OPS for r in results}
+    if set(by_framework) != set(FRAMEWORKS):
+        return []
+    notes = []
+    for a, b in (("torch", "keras"), ("keras", "torch")):
+        only = sorted(by_framework[a] - by_framework[b])
+        if only:
+            notes.append(f"only the {a} file has {', '.join(only)}")
+    return notes

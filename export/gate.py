@@ -1,0 +1,84 @@
+"""The acceptance gate: an export is trusted only after it has been checked and run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxtwin.builders import ModelSpec, check_shapes, sample_inputs
+from onnxtwin.runtime.errors import OnnxtwinError
+
+Run = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class GateCase:
+    """One validation shape: the ONNX file's max abs error against its framework twin."""
+
+    batch: int
+    seq: int | None
+    max_abs: float
+
+
+def node_ops(graph: onnx.GraphProto) -> list[tuple[str, str]]:
+    """(domain, op_type) of every node, subgraphs (Loop, If, Scan bodies) included."""
+    ops = []
+    for node in graph.node:
+        ops.append((node.domain or "", node.op_type))
+        for attr in node.attribute:
+            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                ops.extend(node_ops(sub))
+    return ops
+
+
+def check_file(path: Path, opset: int, what: str) -> onnx.ModelProto:
+    """onnx.checker (full), the opset actually written, and no op unknown to ONNX."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise OnnxtwinError(f"{what}: expected a valid ONNX model, onnx.checker says: {first}") \
+            from None
+    model = onnx.load(str(path))
+    written = {o.domain or "": o.version for o in model.opset_import}.get("")
+    if written != opset:
+        raise OnnxtwinError(f"{what}: expected opset {opset}, the exporter wrote {written}")
+    unknown = sorted({f"{d}:{op}" if d else op for d, op in node_ops(model.graph)
+                      if not onnx.defs.has(op, d)})
+    if unknown:
+        raise OnnxtwinError(f"{what}: expected standard ONNX ops only, got unknown {unknown}")
+    return model
+
+
+def run_against(path: Path, spec: ModelSpec, framework: Run, tolerance: float,
+                what: str) -> list[GateCase]:
+    """Run the file on onnxruntime CPU at every validation shape and compare with the twin."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own pybind types
+        raise OnnxtwinError(f"{what}: expected onnxruntime to load it, got: "
+                            f"{str(e).strip().splitlines()[0]}") from None
+    cases = []
+    for batch, seq in check_shapes(spec):
+        inputs = sample_inputs(spec, batch, seq, seed=7)
+        shape = f"batch {batch}" + (f", seq {seq}" if seq else "")
+        try:
+            got = session.run([spec.signature.outputs[0].name], inputs)[0]
+        except Exception as e:
+            raise OnnxtwinError(f"{what}: expected it to run at {shape}, onnxruntime says: "
+                                f"{str(e).strip().splitlines()[0]}") from None
+        expected = framework(inputs)
+        error = float(np.abs(got.astype(np.float64) - expected).max()) \
+            if got.shape == expected.shape else float("inf")
+        if not error <= tolerance:
+            raise OnnxtwinError(f"{what}: expected outputs within {tolerance:g} of the framework "
+                                f"at {shape}, got max abs error {error:.3g} "
+                                f"(shape {got.shape} vs {expected.shape})")
+        cases.append(GateCase(batch, seq, error))
+    return cases

@@ -1,0 +1,72 @@
+"""Keras twin -> ONNX ModelProto with tf2onnx, from a tf.function with an explicit signature."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import onnx
+
+from onnxtwin.builders import Twins
+from onnxtwin.runtime.errors import OnnxtwinError
+
+
+def _erfc_as_one_minus_erf(ctx, node, name, args) -> None:
+    """tf2onnx handler: TF `Erfc` (exact GELU) as 1 - Erf.
+
+    Workaround for tf2onnx 1.17, which has no Erfc converter: it logs "Unsupported ops",
+    still writes a file, and onnx.checker and onnxruntime then reject it.
+    """
+    from onnx import helper
+    from tf2onnx import utils
+
+    node.type = "Erf"
+    dtype = helper.tensor_dtype_to_np_dtype(ctx.get_dtype(node.output[0]))
+    one = ctx.make_const(utils.make_name(f"{name}_one"), np.array(1, dtype=dtype))
+    sub = ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name(name))
+    ctx.replace_inputs(sub, [one.output[0], node.output[0]])
+    ctx.copy_dtype(node.output[0], sub.output[0])
+    ctx.copy_shape(node.output[0], sub.output[0])
+
+
+@contextmanager
+def _tf2onnx_errors() -> Iterator[list[str]]:
+    """Collect what tf2onnx logs at ERROR level: "Unsupported ops" is an error, not a warning."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler, logger = Collect(logging.ERROR), logging.getLogger("tf2onnx")
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+
+
+def export_keras(twins: Twins, opset: int) -> onnx.ModelProto:
+    """Convert the Keras twin with `batch`/`seq` dims left open (None) in the signature."""
+    import tensorflow as tf
+    import tf2onnx
+
+    spec, model = twins.spec, twins.keras_model
+    signature = [tf.TensorSpec([None if isinstance(d, str) else d for d in t.shape], t.dtype,
+                               name=t.name) for t in spec.signature.inputs]
+    output = spec.signature.outputs[0].name
+
+    @tf.function(input_signature=signature)
+    def serve(*inputs):
+        return {output: model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)}
+
+    with _tf2onnx_errors() as errors:
+        proto, _ = tf2onnx.convert.from_function(
+            serve, input_signature=signature, opset=opset,
+            custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])})
+    if errors:
+        raise OnnxtwinError(f"tf2onnx ({spec.name}): expected a clean conversion, "
+                            f"got: {'; '.join(errors)}")
+    return proto

@@ -1,0 +1,51 @@
+"""Torch twin -> ONNX ModelProto with torch.onnx.export (the dynamo exporter)."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import onnx
+import torch
+
+from onnxtwin.builders import Twins, has_seq, sample_inputs
+
+# Example sizes: at least 2 and different from each other, or the exporter may make a
+# dimension static (PITFALLS.md); the gate then runs other sizes.
+EXAMPLE_BATCH, EXAMPLE_SEQ = 3, 5
+
+
+@contextlib.contextmanager
+def rnn_while_loop_decompositions() -> Iterator[None]:
+    """Export nn.LSTM / nn.GRU through torch's while-loop decompositions.
+
+    Workaround for torch 2.13 (pytorch#191855): with dynamo=True the default RNN
+    export keeps the example's sequence length in a Reshape, so any other length fails
+    at run time. These decompositions (private API, torch.export._patches) give a
+    graph that runs at every length and still uses the native ONNX LSTM/GRU ops.
+    """
+    from torch.export._patches import (
+        register_gru_while_loop_decomposition,
+        register_lstm_while_loop_decomposition,
+    )
+
+    with register_lstm_while_loop_decomposition(), register_gru_while_loop_decomposition():
+        yield
+
+
+def export_torch(twins: Twins, opset: int) -> onnx.ModelProto:
+    """Trace the torch twin at the example shape with dynamic `batch`/`seq` dims."""
+    spec = twins.spec
+    example = sample_inputs(spec, EXAMPLE_BATCH, EXAMPLE_SEQ if has_seq(spec) else None, seed=0)
+    args = tuple(torch.from_numpy(example[t.name]) for t in spec.signature.inputs)
+    dynamic = {t.name: {i: torch.export.Dim.DYNAMIC for i, d in enumerate(t.shape)
+                        if isinstance(d, str)} for t in spec.signature.inputs}
+    with warnings.catch_warnings(), rnn_while_loop_decompositions():
+        warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecation notices
+        warnings.filterwarnings("ignore", "The tensor attributes .* were assigned during export")
+        program = torch.onnx.export(
+            twins.torch_model, args, dynamo=True, opset_version=opset, dynamic_shapes=dynamic,
+            input_names=[t.name for t in spec.signature.inputs],
+            output_names=[t.name for t in spec.signature.outputs], verbose=False)
+    return program.model_proto
