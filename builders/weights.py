@@ -36,26 +36,27 @@ def _same_shapes(given: Mapping[str, np.ndarray], expected: Mapping[str, tuple[i
                                 f"got {tuple(given[name].shape)}")
 
 
+def _convert(maps: Iterable[LayerMap], given: Mapping[str, np.ndarray], to_keras: bool,
+             what: str) -> dict[str, np.ndarray]:
+    maps = list(maps)
+    source = [m.torch_names if to_keras else m.keras_paths for m in maps]
+    _same_names(given, (n for names in source for n in names), what)
+    out: dict[str, np.ndarray] = {}
+    for m, names in zip(maps, source, strict=True):
+        convert, target = (m.to_keras, m.keras_paths) if to_keras else (m.to_torch, m.torch_names)
+        arrays = convert(*(given[n] for n in names))
+        out.update(zip(target, (np.ascontiguousarray(a) for a in arrays), strict=True))
+    return out
+
+
 def torch_to_keras(maps: Iterable[LayerMap], weights: Mapping[str, np.ndarray]) -> KerasWeights:
     """Convert torch-layout weights to Keras variables, layer by layer."""
-    maps = list(maps)
-    _same_names(weights, (n for m in maps for n in m.torch_names), "torch weights")
-    out: KerasWeights = {}
-    for m in maps:
-        arrays = m.to_keras(*(weights[n] for n in m.torch_names))
-        out.update(zip(m.keras_paths, (np.ascontiguousarray(a) for a in arrays), strict=True))
-    return out
+    return _convert(maps, weights, to_keras=True, what="torch weights")
 
 
 def keras_to_torch(maps: Iterable[LayerMap], variables: Mapping[str, np.ndarray]) -> Weights:
     """Convert Keras variables to torch-layout weights, layer by layer."""
-    maps = list(maps)
-    _same_names(variables, (p for m in maps for p in m.keras_paths), "keras weights")
-    out: Weights = {}
-    for m in maps:
-        arrays = m.to_torch(*(variables[p] for p in m.keras_paths))
-        out.update(zip(m.torch_names, (np.ascontiguousarray(a) for a in arrays), strict=True))
-    return out
+    return _convert(maps, variables, to_keras=False, what="keras weights")
 
 
 def torch_state(model) -> Weights:

@@ -76,3 +76,21 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path, args, message):
 def test_bad_option_value_is_a_usage_error():
     result = onnxtwin("build", "--source", "jax")
     assert result.returncode == 2 and "jax" in result.stderr
+
+
+def test_export_writes_files_and_summary(tmp_path):
+    result = onnxtwin("export", "--model", "cnn", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == \
+        ["cnn.keras.onnx", "cnn.torch.onnx", "export.json"]
+    summary = json.loads((tmp_path / "export.json").read_text())["models"][0]
+    assert [f["framework"] for f in summary["files"]] == ["torch", "keras"]
+    assert all(max(c["max_abs"] for c in f["gate"]) <= 1e-5 for f in summary["files"])
+    assert summary["files"][0]["ops"]["Conv"] == 3
+
+
+def test_export_refuses_an_opset_before_any_work(tmp_path):
+    result = onnxtwin("export", "--framework", "keras", "--opset", "20", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "error: opset for keras: expected one of [17, 18], got 20" in result.stderr
+    assert not list(tmp_path.iterdir())

@@ -9,8 +9,8 @@ import onnx
 import pytest
 
 from onnxtwin.builders import BUILTIN, sample_inputs
-from onnxtwin.export import export_model, graph_differences
 from onnxtwin.export import cache as export_cache
+from onnxtwin.export import export_model, graph_differences
 from onnxtwin.export.gate import check_file
 from onnxtwin.export.metadata import read_metadata
 from onnxtwin.export.signature import read_signature
@@ -139,3 +139,19 @@ def test_cache_hits_and_discards_a_corrupt_entry(twins_of, tmp_path, monkeypatch
     third = export_model(twins, "keras", tmp_path / "c")
     assert not third.cache_hit and third.max_abs <= TOLERANCE
     assert third.ops == first.ops  # re-exported (tf2onnx's generated names may differ)
+
+
+def test_gate_catches_a_silent_opset_change(twins_of, tmp_path):
+    path = export_model(twins_of("cnn"), "torch", tmp_path, opset=18).path
+    with pytest.raises(OnnxtwinError, match=r"^test: expected opset 17, the exporter wrote 18$"):
+        check_file(path, 17, "test")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("framework", "opset"), [("torch", 17), ("keras", 17), ("torch", 19),
+                                                  ("torch", 20)])
+@pytest.mark.parametrize("name", NAMES)
+def test_every_variant_at_other_opsets(twins_of, name, framework, opset, tmp_path):
+    r = export_model(twins_of(name), framework, tmp_path, opset=opset)
+    assert r.max_abs <= TOLERANCE
+    assert {o.domain or "": o.version for o in onnx.load(str(r.path)).opset_import}[""] == opset
