@@ -19,7 +19,7 @@ from onnxtwin.runtime.files import atomic_path
 app = typer.Typer(
     help="Build a model twice (PyTorch and Keras) with the same weights, and prove they agree.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)  # logs: no truncated columns
 errors = Console(stderr=True)
 
 SpecOption = Annotated[Path | None, typer.Option(
