@@ -37,10 +37,12 @@ class Frameworks(StrEnum):
     both = "both"
 
 
-def _load_specs(spec_file: Path | None) -> list[str]:
-    from onnxtwin.builders import load_toml
+def _selected_specs(models: list[str] | None, spec_file: Path | None) -> list:
+    """The specs named by --model, else every built-in and every --spec variant."""
+    from onnxtwin.builders import BUILTIN, get_spec, load_toml
 
-    return [s.name for s in load_toml(spec_file)] if spec_file else []
+    extra = load_toml(spec_file) if spec_file else []
+    return [get_spec(n) for n in models] if models else [*BUILTIN, *extra]
 
 
 @app.command()
@@ -48,7 +50,7 @@ def models(spec: SpecOption = None) -> None:
     """List the model variants: built-ins, and those of --spec."""
     from onnxtwin.builders import get_spec, names
 
-    _load_specs(spec)
+    _selected_specs(None, spec)  # registers the file's variants
     table = Table("model", "family", "hyper-parameters", "signature")
     for name in names():
         s = get_spec(name)
@@ -76,11 +78,10 @@ def build(
     OUT/parity.json with every comparison. Parity: torch vs Keras and each vs the
     float64 torch oracle, max abs error <= 1e-5, at batch 1 and 7 (and seq 1, 12, 50).
     """
-    from onnxtwin.builders import BUILTIN, build_twins, get_spec
+    from onnxtwin.builders import build_twins
     from onnxtwin.conformance.native import PAIRS, native_parity
 
-    extra = _load_specs(spec)
-    selected = [get_spec(n) for n in (model or [s.name for s in BUILTIN] + extra)]
+    selected = _selected_specs(model, spec)
     table = Table(title=f"native parity: max abs error over all shapes (tolerance 1e-5), "
                         f"seed {seed}")
     for column in ("model", "source", *(p.replace("_", " ") for p in PAIRS), "verdict"):
@@ -125,14 +126,13 @@ def export(
     files carry the spec's input/output names, dtypes and `batch`/`seq` dims.
     OUT/export.json lists every file with its op histogram and gate errors.
     """
-    from onnxtwin.builders import BUILTIN, build_twins, get_spec
+    from onnxtwin.builders import build_twins
     from onnxtwin.export import FRAMEWORKS, check_request, export_model, graph_differences
 
-    extra = _load_specs(spec)
     frameworks = FRAMEWORKS if framework is Frameworks.both else (framework.value,)
     for fw in frameworks:
         check_request(fw, opset)
-    selected = [get_spec(n) for n in (model or [s.name for s in BUILTIN] + extra)]
+    selected = _selected_specs(model, spec)
     table = Table(title=f"ONNX exports, opset {opset} (gate: max abs error vs framework <= 1e-5)")
     for column in ("model", "framework", "gate max abs", "nodes", "cache", "seconds"):
         table.add_column(column, no_wrap=True)

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FLOAT32_ABS_TOLERANCE = 1e-5
+from onnxtwin.builders.signature import FLOAT32_ABS_TOLERANCE
+
+__all__ = ["FLOAT32_ABS_TOLERANCE", "Comparison", "compare"]
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,11 @@ from pathlib import Path
 import onnx
 
 from onnxtwin.builders import Twins
+from onnxtwin.builders.signature import FLOAT32_ABS_TOLERANCE
 from onnxtwin.builders.weights import weights_hash
 from onnxtwin.export import cache
-from onnxtwin.export.gate import GateCase, check_file, node_ops, run_against
+from onnxtwin.export.gate import GateCase, check_file, run_against
+from onnxtwin.export.graphs import node_ops
 from onnxtwin.export.metadata import stamp, tool_versions
 from onnxtwin.export.signature import apply_signature
 from onnxtwin.runtime.errors import OnnxtwinError
@@ -25,7 +27,6 @@ DEFAULT_OPSET = 18
 # Ops that make a graph different in kind (recurrence as a native op or a loop, fused norms).
 KIND_OPS = frozenset({"LSTM", "GRU", "RNN", "Loop", "Scan", "If", "LayerNormalization",
                       "Attention"})
-TOLERANCE = 1e-5
 IR_VERSION = 10  # onnxruntime 1.31 reads IR <= 13; 10 is what every tool here can write
 
 
@@ -70,7 +71,7 @@ def _export(twins: Twins, framework: str, opset: int) -> onnx.ModelProto:
 
 
 def export_model(twins: Twins, framework: str, out_dir: str | Path, opset: int = DEFAULT_OPSET,
-                 tolerance: float = TOLERANCE, use_cache: bool = True) -> ExportResult:
+                 tolerance: float = FLOAT32_ABS_TOLERANCE, use_cache: bool = True) -> ExportResult:
     """Write OUT/NAME.FRAMEWORK.onnx: exported, signed, stamped, gated, then renamed into place."""
     check_request(framework, opset)
     spec, start = twins.spec, time.perf_counter()

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from onnxtwin.builders import ModelSpec, check_shapes, sample_inputs
+from onnxtwin.export.graphs import node_ops, written_opset
 from onnxtwin.runtime.errors import OnnxtwinError
 
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -24,17 +25,6 @@ class GateCase:
     max_abs: float
 
 
-def node_ops(graph: onnx.GraphProto) -> list[tuple[str, str]]:
-    """(domain, op_type) of every node, subgraphs (Loop, If, Scan bodies) included."""
-    ops = []
-    for node in graph.node:
-        ops.append((node.domain or "", node.op_type))
-        for attr in node.attribute:
-            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
-                ops.extend(node_ops(sub))
-    return ops
-
-
 def check_file(path: Path, opset: int, what: str) -> onnx.ModelProto:
     """onnx.checker (full), the opset actually written, and no op unknown to ONNX."""
     try:
@@ -44,7 +34,7 @@ def check_file(path: Path, opset: int, what: str) -> onnx.ModelProto:
         raise OnnxtwinError(f"{what}: expected a valid ONNX model, onnx.checker says: {first}") \
             from None
     model = onnx.load(str(path))
-    written = {o.domain or "": o.version for o in model.opset_import}.get("")
+    written = written_opset(model)
     if written != opset:
         raise OnnxtwinError(f"{what}: expected opset {opset}, the exporter wrote {written}")
     unknown = sorted({f"{d}:{op}" if d else op for d, op in node_ops(model.graph)

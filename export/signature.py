@@ -6,6 +6,7 @@ import onnx
 from onnx import helper
 
 from onnxtwin.builders.signature import Signature, TensorSpec
+from onnxtwin.export.graphs import subgraphs
 from onnxtwin.runtime.errors import OnnxtwinError
 
 Described = tuple[str, str, tuple[int | str, ...]]
@@ -76,6 +77,5 @@ def _rename_values(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
     for node in graph.node:
         node.input[:] = [renames.get(n, n) for n in node.input]
         node.output[:] = [renames.get(n, n) for n in node.output]
-        for attr in node.attribute:  # Loop/If bodies may read outer values by name
-            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
-                _rename_values(sub, renames)
+        for sub in subgraphs(node):  # Loop/If bodies may read outer values by name
+            _rename_values(sub, renames)
