@@ -10,9 +10,6 @@ from typing import ClassVar
 
 from onnxtwin.runtime.errors import OnnxtwinError
 
-FLOAT32_ABS_TOLERANCE = 1e-5
-"""Default max abs error between float32 outputs, used by every parity check and the gate."""
-
 Dim = int | str
 """A fixed size, or the name of a dynamic dimension (`batch`, `seq`)."""
 

@@ -161,6 +161,53 @@ def export(
     console.print(f"wrote {out}/ ({sum(len(m['files']) for m in summary)} files, export.json)")
 
 
+@app.command()
+def providers() -> None:
+    """Which onnxruntime execution providers run here, proven by creating a session on each."""
+    from onnxtwin.runtime import providers as probe_all
+
+    table = Table("provider", "onnxruntime name", "listed", "usable", "reason")
+    for s in probe_all():
+        table.add_row(s.alias, s.name, "yes" if s.listed else "no",
+                      "[green]yes" if s.usable else "[red]no", s.reason)
+    console.print(table)
+
+
+@app.command()
+def run(
+    model: Annotated[Path, typer.Argument(help="The .onnx file to run.")],
+    input: Annotated[Path, typer.Option(
+        "--input", "-i", help=".npz with one array per input name, or .npy for a "
+                              "single-input model.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help=".npz to write the outputs to.")],
+    provider: Annotated[str, typer.Option(help="cpu, cuda or tensorrt.")] = "cpu",
+    strict: Annotated[bool, typer.Option(
+        help="Fail if the provider cannot run here, instead of falling back to CPU.")] = False,
+    check_finite: Annotated[bool, typer.Option(help="Reject NaN/Inf in float inputs.")] = False,
+) -> None:
+    """Run an ONNX model on saved inputs (validated against its signature); write the outputs.
+
+    Imports only onnxruntime and numpy. A provider that cannot run falls back to CPU with
+    a warning (or fails with --strict); the provider that really ran is printed.
+    """
+    import warnings
+
+    from onnxtwin.runtime import ProviderFallbackWarning, Session
+    from onnxtwin.runtime.arrays import load_arrays, save_arrays
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ProviderFallbackWarning)
+        session = Session(model, provider, strict=strict, check_finite=check_finite)
+    for w in caught:
+        errors.print(f"warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
+    arrays = load_arrays(input, [i.name for i in session.inputs])
+    outputs = session.run(arrays)
+    save_arrays(output, outputs)
+    shapes = ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in outputs.items())
+    console.print(f"ran {model.name} on {session.provider}: wrote {output} ({shapes})",
+                  highlight=False)
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2, never a traceback."""
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from onnxtwin.builders import Twins, check_shapes, sample_inputs
-from onnxtwin.conformance.metrics import FLOAT32_ABS_TOLERANCE, Comparison, compare
+from onnxtwin.runtime.metrics import FLOAT32_ABS_TOLERANCE, Comparison, compare
 
 PAIRS = ("torch_vs_keras", "torch_vs_oracle", "keras_vs_oracle")
 

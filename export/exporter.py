@@ -11,7 +11,6 @@ from pathlib import Path
 import onnx
 
 from onnxtwin.builders import Twins
-from onnxtwin.builders.signature import FLOAT32_ABS_TOLERANCE
 from onnxtwin.builders.weights import weights_hash
 from onnxtwin.export import cache
 from onnxtwin.export.gate import GateCase, check_file, run_against
@@ -20,6 +19,8 @@ from onnxtwin.export.metadata import stamp, tool_versions
 from onnxtwin.export.signature import apply_signature
 from onnxtwin.runtime.errors import OnnxtwinError
 from onnxtwin.runtime.files import atomic_path
+from onnxtwin.runtime.metrics import FLOAT32_ABS_TOLERANCE
+from onnxtwin.runtime.session import SIGNATURE_KEY
 
 FRAMEWORKS = ("torch", "keras")
 OPSETS = {"torch": (17, 18, 19, 20), "keras": (17, 18)}  # tf2onnx 1.17 stops at 18
@@ -77,8 +78,13 @@ def export_model(twins: Twins, framework: str, out_dir: str | Path, opset: int =
     spec, start = twins.spec, time.perf_counter()
     path = Path(out_dir) / f"{spec.name}.{framework}.onnx"
     weights, versions = weights_hash(twins.weights), tool_versions()
-    key = cache.cache_key(spec=spec.spec_hash, weights=weights, framework=framework, opset=opset,
-                          ir=IR_VERSION, tolerance=tolerance, versions=versions)
+    props = {"onnxtwin.family": spec.family, "onnxtwin.variant": spec.name,
+             "onnxtwin.framework": framework, "onnxtwin.spec_hash": spec.spec_hash,
+             "onnxtwin.weights_hash": weights, "onnxtwin.opset": str(opset),
+             "onnxtwin.hyperparameters": json.dumps(spec.hyperparameters(), sort_keys=True),
+             SIGNATURE_KEY: json.dumps(asdict(spec.signature)),
+             **{f"onnxtwin.version.{k}": v for k, v in versions.items()}}
+    key = cache.cache_key(props=props, ir=IR_VERSION, tolerance=tolerance)
     if use_cache and (hit := cache.fetch(key, path)):
         gate = tuple(GateCase(**c) for c in hit["gate"])
         return ExportResult(spec.name, framework, path, opset, hit["ops"], gate, True,
@@ -87,11 +93,7 @@ def export_model(twins: Twins, framework: str, out_dir: str | Path, opset: int =
     what = f"{framework} export of {spec.name!r} (opset {opset})"
     model = apply_signature(_export(twins, framework, opset), spec.signature)
     model.ir_version = min(model.ir_version, IR_VERSION)
-    stamp(model, {"onnxtwin.family": spec.family, "onnxtwin.variant": spec.name,
-                  "onnxtwin.framework": framework, "onnxtwin.spec_hash": spec.spec_hash,
-                  "onnxtwin.weights_hash": weights, "onnxtwin.opset": str(opset),
-                  "onnxtwin.hyperparameters": json.dumps(spec.hyperparameters(), sort_keys=True),
-                  **{f"onnxtwin.version.{k}": v for k, v in versions.items()}})
+    stamp(model, props)
     run = twins.run_torch if framework == "torch" else twins.run_keras
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))

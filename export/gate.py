@@ -12,6 +12,8 @@ import onnx
 from onnxtwin.builders import ModelSpec, check_shapes, sample_inputs
 from onnxtwin.export.graphs import node_ops, written_opset
 from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.metrics import compare
+from onnxtwin.runtime.session import Session
 
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -47,25 +49,21 @@ def check_file(path: Path, opset: int, what: str) -> onnx.ModelProto:
 def run_against(path: Path, spec: ModelSpec, framework: Run, tolerance: float,
                 what: str) -> list[GateCase]:
     """Run the file on onnxruntime CPU at every validation shape and compare with the twin."""
-    import onnxruntime as ort
-
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own pybind types
-        raise OnnxtwinError(f"{what}: expected onnxruntime to load it, got: "
-                            f"{str(e).strip().splitlines()[0]}") from None
+        session = Session(path, "cpu", strict=True)
+    except OnnxtwinError as e:
+        raise OnnxtwinError(f"{what}: {e}") from None
+    output = spec.signature.outputs[0].name
     cases = []
     for batch, seq in check_shapes(spec):
         inputs = sample_inputs(spec, batch, seq, seed=7)
         shape = f"batch {batch}" + (f", seq {seq}" if seq else "")
         try:
-            got = session.run([spec.signature.outputs[0].name], inputs)[0]
-        except Exception as e:
-            raise OnnxtwinError(f"{what}: expected it to run at {shape}, onnxruntime says: "
-                                f"{str(e).strip().splitlines()[0]}") from None
+            got = session.run(inputs)[output]
+        except OnnxtwinError as e:
+            raise OnnxtwinError(f"{what} at {shape}: {e}") from None
         expected = framework(inputs)
-        error = float(np.abs(got.astype(np.float64) - expected).max()) \
-            if got.shape == expected.shape else float("inf")
+        error = compare(got, expected).max_abs if got.shape == expected.shape else float("inf")
         if not error <= tolerance:
             raise OnnxtwinError(f"{what}: expected outputs within {tolerance:g} of the framework "
                                 f"at {shape}, got max abs error {error:.3g} "

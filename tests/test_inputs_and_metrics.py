@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from onnxtwin.builders import get_spec, sample_inputs
-from onnxtwin.conformance.metrics import compare
 from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.metrics import compare
 
 
 def test_images_are_seeded_and_in_unit_range():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from onnxtwin.builders import BUILTIN, build_twins, has_seq, sample_inputs
-from onnxtwin.conformance.metrics import compare
+from onnxtwin.runtime.metrics import compare
 
 pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5

@@ -1,0 +1,109 @@
+"""Where twins part ways: compare their layers' activations and name the first that diverges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxtwin.builders import Twins
+
+
+@dataclass(frozen=True)
+class LayerDiff:
+    """One mapped layer: torch module, Keras layer, and their activations' max abs error."""
+
+    torch: str
+    keras: str
+    max_abs: float | None
+    """None when the activations cannot be aligned (reported, not judged)."""
+    diverged: bool
+
+
+@dataclass(frozen=True)
+class Localisation:
+    """The first mapped layer (in model order) whose output differs beyond the tolerance."""
+
+    first_divergent: str | None
+    layers: tuple[LayerDiff, ...]
+
+
+def localise(twins: Twins, inputs: dict[str, np.ndarray], tolerance: float) -> Localisation:
+    """Run both twins capturing every mapped layer's output and compare them in order.
+
+    A layer diverges when max abs > tolerance x max(1, output scale). The torch side runs
+    with gradients enabled, so nn.TransformerEncoderLayer takes its plain path and calls
+    its submodules (the fused fast path skips their hooks).
+    """
+    pairs = list(dict.fromkeys((m.layer, m.keras_paths[0].split("/")[0])
+                               for m in twins.spec.layer_maps()))
+    torch_out = _torch_activations(twins, inputs, [t for t, _ in pairs])
+    keras_out = _keras_activations(twins, inputs, [k for _, k in pairs])
+    diffs, first = [], None
+    for torch_name, keras_name in pairs:
+        layer = twins.keras_model.get_layer(keras_name)
+        aligned = _align(torch_out.get(torch_name), keras_out[keras_name], layer)
+        if aligned is None:
+            diffs.append(LayerDiff(torch_name, keras_name, None, False))
+            continue
+        t, k = aligned
+        error = float(np.abs(t - k).max())
+        diverged = not error <= tolerance * max(1.0, float(np.abs(t).max()))
+        diffs.append(LayerDiff(torch_name, keras_name, error, diverged))
+        if diverged and first is None:
+            first = f"{torch_name} (torch) / {keras_name} (keras)"
+    return Localisation(first, tuple(diffs))
+
+
+def _torch_activations(twins: Twins, inputs: dict[str, np.ndarray],
+                       names: list[str]) -> dict[str, np.ndarray]:
+    import torch
+
+    modules = dict(twins.torch_model.named_modules())
+    captured: dict[str, np.ndarray] = {}
+
+    def hook(name: str):
+        def keep(_module, _args, output):
+            first = output[0] if isinstance(output, tuple) else output
+            captured[name] = first.detach().numpy().copy()
+        return keep
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names if n in modules]
+    args = [torch.from_numpy(np.ascontiguousarray(inputs[t.name]))
+            for t in twins.spec.signature.inputs]
+    try:
+        with torch.enable_grad():  # keeps torch off the fused fast paths that skip hooks
+            twins.torch_model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def _keras_activations(twins: Twins, inputs: dict[str, np.ndarray],
+                       names: list[str]) -> dict[str, np.ndarray]:
+    from onnxtwin.builders.keras_support import keras
+
+    model = twins.keras_model
+    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    args = [inputs[t.name] for t in twins.spec.signature.inputs]
+    outputs = probe(args[0] if len(args) == 1 else args, training=False)
+    return {n: np.asarray(o) for n, o in zip(names, outputs, strict=True)}
+
+
+def _align(t: np.ndarray | None, k: np.ndarray, layer) -> tuple[np.ndarray, np.ndarray] | None:
+    """Bring a torch activation to the Keras layer's layout and activation, if they map."""
+    if t is None:
+        return None
+    if t.ndim == 4:  # NCHW -> NHWC
+        t = t.transpose(0, 2, 3, 1)
+    if t.ndim == 3 and k.ndim == 2:  # torch RNN sequence -> Keras final state
+        if type(layer).__name__ == "Bidirectional":
+            half = t.shape[-1] // 2
+            t = np.concatenate([t[:, -1, :half], t[:, 0, half:]], axis=-1)
+        else:
+            t = t[:, -1]
+    activation = getattr(layer, "activation", None)
+    if activation is not None and getattr(activation, "__name__", "linear") != "linear":
+        t = np.asarray(activation(t))  # Keras fuses the activation into Dense/Conv2D
+    return (t, k) if t.shape == k.shape else None

@@ -1,0 +1,222 @@
+"""One onnxruntime session: loaded safely, on the providers that really run, inputs validated."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.providers import refuse_or_warn, resolve
+
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+# onnxruntime's element type strings -> numpy dtype names.
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64",
+              "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32",
+              "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+SIGNATURE_KEY = "onnxtwin.signature"
+"""metadata_props key under which an export stamps its signature (JSON, with token vocab)."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A graph input or output: numpy dtype name, dims (int, a dim name, or None), vocab."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str | None, ...]
+    vocab: int | None = None
+
+    def __str__(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.dtype}[{dims}]"
+
+
+class Session:
+    """An onnxruntime.InferenceSession with providers, options and validation chosen once.
+
+    `run` is safe to call from many threads at once (onnxruntime's Run is; the wrapper
+    keeps no per-call state).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], provider: str = "cpu", *,
+                 strict: bool = False, threads: int = 0, optimization: str = "all",
+                 check_finite: bool = False) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.requested = provider.lower()
+        self.check_finite = check_finite
+        wanted = resolve(self.requested, strict)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = _optimization_level(optimization)
+        options.log_severity_level = 4  # fatal only: failures reach the caller as OnnxtwinError
+        self._session = _create(ort, self.path, options, wanted)
+        self.providers: tuple[str, ...] = tuple(self._session.get_providers())
+        if self.providers[0] != wanted[0]:
+            refuse_or_warn(self.requested, f"the session chose {self.providers[0]}", strict)
+        self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
+        vocab = _stamped_vocab(self.metadata)
+        self.inputs = tuple(_info(v, vocab.get(v.name)) for v in self._session.get_inputs())
+        self.outputs = tuple(_info(v) for v in self._session.get_outputs())
+
+    @property
+    def provider(self) -> str:
+        """The provider that runs the graph (the first one the session kept)."""
+        return self.providers[0]
+
+    def validate(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Check names, dtypes, ranks, fixed and shared dims, token range and (optionally) NaN/Inf.
+
+        Returns the inputs as numpy arrays; raises OnnxtwinError naming the input, what
+        was expected and what was given.
+        """
+        if not isinstance(inputs, Mapping):
+            raise OnnxtwinError(f"{self.path.name}: expected a mapping of input names to arrays,"
+                                f" got {type(inputs).__name__}")
+        expected = [i.name for i in self.inputs]
+        missing = [n for n in expected if n not in inputs]
+        extra = sorted(set(inputs) - set(expected))
+        if missing or extra:
+            raise OnnxtwinError(f"{self.path.name}: expected inputs {expected}, got "
+                                f"{sorted(inputs)} (missing {missing}, unexpected {extra})")
+        named: dict[str, tuple[int, str]] = {}
+        arrays = {}
+        for info in self.inputs:
+            array = np.asarray(inputs[info.name])
+            _check_array(info, array, named, self.check_finite)
+            arrays[info.name] = array
+        return arrays
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Validate, run, and return every output by name."""
+        arrays = self.validate(inputs)
+        try:
+            values = self._session.run(None, arrays)
+        except Exception as e:  # onnxruntime raises its own pybind types
+            raise OnnxtwinError(f"{self.path.name}: expected onnxruntime to run it on "
+                                f"{_shapes(arrays)}, got: {_first_line(e)}") from None
+        return {o.name: v for o, v in zip(self.outputs, values, strict=True)}
+
+    def run_bound(self, inputs: Mapping[str, Any], device: str = "cuda",
+                  device_id: int = 0) -> dict[str, np.ndarray]:
+        """Run with IO binding: inputs copied to `device` once, outputs allocated there.
+
+        Inputs may be numpy arrays (validated, then copied) or onnxruntime.OrtValue already
+        on the device (name, dtype and shape checked). Outputs are copied back to numpy.
+        """
+        import onnxruntime as ort
+
+        device_values = {k: v for k, v in inputs.items() if isinstance(v, ort.OrtValue)}
+        stand_ins = {k: np.zeros(v.shape(), ORT_DTYPES.get(v.data_type(), "object"))
+                     for k, v in device_values.items()}  # shape/dtype checks only
+        host = self.validate({**inputs, **stand_ins})
+        binding = self._session.io_binding()
+        for name, array in host.items():
+            value = device_values[name] if name in device_values else \
+                ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, device_id)
+            binding.bind_ortvalue_input(name, value)
+        for o in self.outputs:
+            binding.bind_output(o.name, device, device_id)
+        self._session.run_with_iobinding(binding)
+        return {o.name: v for o, v in zip(self.outputs, binding.copy_outputs_to_cpu(),
+                                          strict=True)}
+
+    def describe(self) -> dict[str, Any]:
+        """What this session is: file, providers requested and used, signature."""
+        return {"path": str(self.path), "requested": self.requested,
+                "providers": list(self.providers),
+                "inputs": {i.name: str(i) for i in self.inputs},
+                "outputs": {o.name: str(o) for o in self.outputs}}
+
+
+def _create(ort: Any, path: Path, options: Any, providers: list[str]) -> Any:
+    """InferenceSession on a checked path; any onnxruntime failure becomes one line."""
+    _readable_model(path)
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own pybind types
+        raise OnnxtwinError(f"{path}: expected an ONNX model onnxruntime can load, got: "
+                            f"{_first_line(e)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    lines = [s.strip() for s in str(error).splitlines() if s.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _shapes(arrays: Mapping[str, np.ndarray]) -> str:
+    return ", ".join(f"{k} {a.dtype}{list(a.shape)}" for k, a in arrays.items())
+
+
+def _readable_model(path: Path) -> Path:
+    if not path.exists():
+        raise OnnxtwinError(f"{path}: expected an ONNX model file, got a path that does not exist")
+    if not path.is_file():
+        raise OnnxtwinError(f"{path}: expected an ONNX model file, got a directory")
+    if path.stat().st_size == 0:
+        raise OnnxtwinError(f"{path}: expected an ONNX model file, got an empty file")
+    return path
+
+
+def _optimization_level(name: str) -> Any:
+    import onnxruntime as ort
+
+    levels = dict(zip(OPTIMIZATION_LEVELS, (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+        strict=True))
+    if name not in levels:
+        raise OnnxtwinError(f"optimization: expected one of {list(OPTIMIZATION_LEVELS)}, "
+                            f"got {name!r}")
+    return levels[name]
+
+
+def _stamped_vocab(metadata: Mapping[str, str]) -> dict[str, int]:
+    """Token inputs' vocab sizes from the stamped signature; empty for foreign models."""
+    try:
+        stamped = json.loads(metadata.get(SIGNATURE_KEY, "{}"))
+        return {i["name"]: int(i["vocab"]) for i in stamped.get("inputs", ())
+                if i.get("vocab") is not None}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def _info(value: Any, vocab: int | None = None) -> TensorInfo:
+    shape = tuple(d if isinstance(d, int) or d is None else str(d) for d in value.shape)
+    return TensorInfo(value.name, ORT_DTYPES.get(value.type, value.type), shape, vocab)
+
+
+def _check_array(info: TensorInfo, array: np.ndarray, named: dict[str, tuple[int, str]],
+                 check_finite: bool) -> None:
+    given = f"got {array.dtype}{list(array.shape)}"
+    if array.dtype.name != info.dtype or array.ndim != len(info.shape):
+        raise OnnxtwinError(f"input {info.name!r}: expected {info}, {given}")
+    for axis, (want, size) in enumerate(zip(info.shape, array.shape, strict=True)):
+        if size == 0:
+            raise OnnxtwinError(f"input {info.name!r}: expected {info} with no empty dim, "
+                                f"{given}")
+        if isinstance(want, int) and size != want:
+            raise OnnxtwinError(f"input {info.name!r}: expected size {want} in dim {axis} "
+                                f"({info}), {given}")
+        if isinstance(want, str):
+            seen = named.setdefault(want, (size, info.name))
+            if seen[0] != size:
+                raise OnnxtwinError(f"input {info.name!r}: expected {want}={seen[0]} as in "
+                                    f"input {seen[1]!r}, {given}")
+    if info.vocab is not None:
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high >= info.vocab:
+            raise OnnxtwinError(f"input {info.name!r}: expected token ids in [0, {info.vocab}),"
+                                f" got ids from {low} to {high}")
+    if check_finite and array.dtype.kind == "f":
+        bad = int((~np.isfinite(array)).sum())
+        if bad:
+            raise OnnxtwinError(f"input {info.name!r}: expected finite values, got {bad} "
+                                f"NaN/Inf of {array.size}")
