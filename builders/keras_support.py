@@ -35,3 +35,19 @@ class AddPositions(keras.layers.Layer):
 def seeded(seed: int) -> None:
     """Seed Keras' initialisers (Python, numpy and TensorFlow global generators)."""
     keras.utils.set_random_seed(seed)
+
+
+def keras_function(spec, model):
+    """The Keras twin as a tf.function with an explicit signature (`batch`/`seq` left None),
+    returning {output name: tensor}: what tf2onnx converts and what deployments call."""
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec([None if isinstance(d, str) else d for d in t.shape], t.dtype,
+                               name=t.name) for t in spec.signature.inputs]
+    output = spec.signature.outputs[0].name
+
+    @tf.function(input_signature=signature)
+    def serve(*inputs):
+        return {output: model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)}
+
+    return serve

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +39,7 @@ class Twins:
     spec: ModelSpec
     torch_model: torch.nn.Module
     keras_model: Any
+    _keras_function: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def weights(self) -> Weights:
@@ -56,6 +57,15 @@ class Twins:
     def run_keras(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         args = self._ordered(inputs)
         return np.asarray(self.keras_model(args[0] if len(args) == 1 else args, training=False))
+
+    def run_keras_compiled(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The Keras twin through its tf.function (traced once): how Keras is deployed."""
+        if self._keras_function is None:
+            from onnxtwin.builders.keras_support import keras_function
+
+            self._keras_function = keras_function(self.spec, self.keras_model)
+        output = self.spec.signature.outputs[0].name
+        return self._keras_function(*self._ordered(inputs))[output].numpy()
 
     def _ordered(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         expected = [t.name for t in self.spec.signature.inputs]

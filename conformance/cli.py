@@ -162,6 +162,76 @@ def export(
 
 
 @app.command()
+def check(
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", "-m", help="Variant to check (repeatable). Default: every built-in model "
+                              "and every --spec variant.")] = None,
+    spec: SpecOption = None,
+    provider: Annotated[str | None, typer.Option(
+        help="Comma-separated providers, e.g. cpu,cuda. Default: every usable one.")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset of both exports (17 or 18).")] = 18,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("onnxtwin-report"),
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print report.json to stdout (progress goes to stderr).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the weights and of the inputs.")] = 0,
+    tolerance: Annotated[float | None, typer.Option(
+        help="Default float32 tolerance (max abs). Per-model values: [tolerances] in --spec.")
+    ] = None,
+    cache: Annotated[bool, typer.Option(help="Reuse accepted exports ($ONNXTWIN_CACHE).")] = True,
+) -> None:
+    """Cross-check every path of every model; exit 0 if all pass, 1 if any fails, 2 on misuse.
+
+    Paths: torch, keras, and onnxruntime on torch's and Keras' .onnx on each provider.
+    Each is compared with the float64 torch oracle and with every other path, at batch 1
+    and 7 (seq 1, 12, 50, 256 for token models). OUT gets report.json, report.md,
+    report.html and the .onnx files.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from onnxtwin.conformance import check as run_check
+    from onnxtwin.conformance.matrix import step_count
+    from onnxtwin.conformance.render import SUMMARY_COLUMNS, failures, summary_rows, write_reports
+    from onnxtwin.conformance.tolerances import load_tolerances
+    from onnxtwin.export import check_request
+
+    for framework in ("torch", "keras"):
+        check_request(framework, opset)
+    tolerances = load_tolerances(spec)
+    if tolerance is not None:
+        tolerances = tolerances.with_default("float32", tolerance)
+    selected = _selected_specs(model, spec)
+    providers = provider.split(",") if provider else None
+    shown = errors if json_out else console
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=shown, transient=shown.is_terminal) as progress:
+        def on_model(s):
+            task = progress.add_task(s.name, total=step_count(s) + 1)
+            return lambda text: progress.update(task, advance=1, description=text)
+
+        report = run_check(selected, out, providers, tolerances, opset, seed, cache,
+                           on_model=on_model)
+    document = report.to_dict()
+    write_reports(document, out)
+    if json_out:
+        print(json.dumps(document, indent=2))
+    else:
+        table = Table(title=f"onnxtwin check: {document['summary']['comparisons']} comparisons "
+                            f"on {', '.join(report.ran_on)}, opset {opset}, seed {seed}")
+        for column in SUMMARY_COLUMNS:
+            table.add_column(column, no_wrap=True)
+        for row in summary_rows(document):
+            table.add_row(*row[:-1], "[green]pass" if row[-1] == "pass" else "[red]FAIL")
+        console.print(table)
+        for line in failures(document):
+            console.print(line, markup=False, highlight=False)
+        console.print(f"wrote {out}/ (report.json, report.md, report.html, "
+                      f"{sum(len(m.exports) for m in report.models)} .onnx files)")
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def providers() -> None:
     """Which onnxruntime execution providers run here, proven by creating a session on each."""
     from onnxtwin.runtime import providers as probe_all

@@ -35,9 +35,10 @@ def localise(twins: Twins, inputs: dict[str, np.ndarray], tolerance: float) -> L
     with gradients enabled, so nn.TransformerEncoderLayer takes its plain path and calls
     its submodules (the fused fast path skips their hooks).
     """
-    pairs = list(dict.fromkeys((m.layer, m.keras_paths[0].split("/")[0])
+    modules = dict(twins.torch_model.named_modules())
+    pairs = list(dict.fromkeys((_owner(m.torch_names[0]), m.keras_paths[0].split("/")[0])
                                for m in twins.spec.layer_maps()))
-    torch_out = _torch_activations(twins, inputs, [t for t, _ in pairs])
+    torch_out = _torch_activations(twins, inputs, [modules[t] for t, _ in pairs])
     keras_out = _keras_activations(twins, inputs, [k for _, k in pairs])
     diffs, first = [], None
     for torch_name, keras_name in pairs:
@@ -55,20 +56,23 @@ def localise(twins: Twins, inputs: dict[str, np.ndarray], tolerance: float) -> L
     return Localisation(first, tuple(diffs))
 
 
+def _owner(parameter: str) -> str:
+    """The module that holds a parameter: 'rnns.0.weight_ih_l0_reverse' -> 'rnns.0'."""
+    return parameter.rsplit(".", 1)[0] if "." in parameter else ""
+
+
 def _torch_activations(twins: Twins, inputs: dict[str, np.ndarray],
-                       names: list[str]) -> dict[str, np.ndarray]:
+                       modules: list) -> dict[str, np.ndarray]:
     import torch
 
-    modules = dict(twins.torch_model.named_modules())
     captured: dict[str, np.ndarray] = {}
+    names = {id(m): n for n, m in twins.torch_model.named_modules()}
 
-    def hook(name: str):
-        def keep(_module, _args, output):
-            first = output[0] if isinstance(output, tuple) else output
-            captured[name] = first.detach().numpy().copy()
-        return keep
+    def keep(module, _args, output):
+        first = output[0] if isinstance(output, tuple) else output
+        captured[names[id(module)]] = first.detach().numpy().copy()
 
-    handles = [modules[n].register_forward_hook(hook(n)) for n in names if n in modules]
+    handles = [m.register_forward_hook(keep) for m in modules]
     args = [torch.from_numpy(np.ascontiguousarray(inputs[t.name]))
             for t in twins.spec.signature.inputs]
     try:
@@ -87,12 +91,14 @@ def _keras_activations(twins: Twins, inputs: dict[str, np.ndarray],
     model = twins.keras_model
     probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
     args = [inputs[t.name] for t in twins.spec.signature.inputs]
-    outputs = probe(args[0] if len(args) == 1 else args, training=False)
+    outputs = probe(args, training=False)
     return {n: np.asarray(o) for n, o in zip(names, outputs, strict=True)}
 
 
 def _align(t: np.ndarray | None, k: np.ndarray, layer) -> tuple[np.ndarray, np.ndarray] | None:
     """Bring a torch activation to the Keras layer's layout and activation, if they map."""
+    from onnxtwin.builders.keras_support import keras
+
     if t is None:
         return None
     if t.ndim == 4:  # NCHW -> NHWC
@@ -103,7 +109,6 @@ def _align(t: np.ndarray | None, k: np.ndarray, layer) -> tuple[np.ndarray, np.n
             t = np.concatenate([t[:, -1, :half], t[:, 0, half:]], axis=-1)
         else:
             t = t[:, -1]
-    activation = getattr(layer, "activation", None)
-    if activation is not None and getattr(activation, "__name__", "linear") != "linear":
-        t = np.asarray(activation(t))  # Keras fuses the activation into Dense/Conv2D
+    if isinstance(layer, keras.layers.Dense | keras.layers.Conv2D):
+        t = np.asarray(layer.activation(t))  # Keras fuses the activation into the layer
     return (t, k) if t.shape == k.shape else None

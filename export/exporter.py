@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 
 from onnxtwin.builders import Twins
-from onnxtwin.builders.weights import weights_hash
+from onnxtwin.builders.weights import keras_state, weights_hash
 from onnxtwin.export import cache
 from onnxtwin.export.gate import GateCase, check_file, run_against
 from onnxtwin.export.graphs import node_ops
@@ -84,7 +84,12 @@ def export_model(twins: Twins, framework: str, out_dir: str | Path, opset: int =
              "onnxtwin.hyperparameters": json.dumps(spec.hyperparameters(), sort_keys=True),
              SIGNATURE_KEY: json.dumps(asdict(spec.signature)),
              **{f"onnxtwin.version.{k}": v for k, v in versions.items()}}
-    key = cache.cache_key(props=props, ir=IR_VERSION, tolerance=tolerance)
+    # The file holds the exported twin's own weights: for Keras, what the layer maps made of
+    # the torch weights. Hash those too, so a changed mapping never hits a stale entry.
+    exported_weights = weights if framework == "torch" else weights_hash(
+        keras_state(twins.keras_model))
+    key = cache.cache_key(props=props, exported_weights=exported_weights, ir=IR_VERSION,
+                          tolerance=tolerance)
     if use_cache and (hit := cache.fetch(key, path)):
         gate = tuple(GateCase(**c) for c in hit["gate"])
         return ExportResult(spec.name, framework, path, opset, hit["ops"], gate, True,

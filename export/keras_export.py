@@ -50,21 +50,15 @@ def _tf2onnx_errors() -> Iterator[list[str]]:
 
 def export_keras(twins: Twins, opset: int) -> onnx.ModelProto:
     """Convert the Keras twin with `batch`/`seq` dims left open (None) in the signature."""
-    import tensorflow as tf
     import tf2onnx
 
-    spec, model = twins.spec, twins.keras_model
-    signature = [tf.TensorSpec([None if isinstance(d, str) else d for d in t.shape], t.dtype,
-                               name=t.name) for t in spec.signature.inputs]
-    output = spec.signature.outputs[0].name
+    from onnxtwin.builders.keras_support import keras_function
 
-    @tf.function(input_signature=signature)
-    def serve(*inputs):
-        return {output: model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)}
-
+    spec = twins.spec
+    serve = keras_function(spec, twins.keras_model)
     with _tf2onnx_errors() as errors:
         proto, _ = tf2onnx.convert.from_function(
-            serve, input_signature=signature, opset=opset,
+            serve, input_signature=serve.input_signature, opset=opset,
             custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])})
     if errors:
         raise OnnxtwinError(f"tf2onnx ({spec.name}): expected a clean conversion, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from collections.abc import Iterator
 
@@ -41,6 +42,8 @@ def export_torch(twins: Twins, opset: int) -> onnx.ModelProto:
     args = tuple(torch.from_numpy(example[t.name]) for t in spec.signature.inputs)
     dynamic = {t.name: {i: torch.export.Dim.DYNAMIC for i, d in enumerate(t.shape)
                         if isinstance(d, str)} for t in spec.signature.inputs}
+    # torch 2.13 logs a warning per missing torchvision op on every export; we export no vision op.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), rnn_while_loop_decompositions():
         warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecation notices
         warnings.filterwarnings("ignore", "The tensor attributes .* were assigned during export")

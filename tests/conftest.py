@@ -9,6 +9,8 @@ import pytest
 
 from onnxtwin.builders import build_twins, registry
 
+pytest_plugins = ["pytester"]  # tests of onnxtwin's own pytest plugin
+
 
 @pytest.fixture(scope="session", autouse=True)
 def export_cache():

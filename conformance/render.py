@@ -1,0 +1,209 @@
+"""Views of report.json: report.md for CI logs and pull requests, report.html with plots."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from pathlib import Path
+
+from onnxtwin.runtime.files import atomic_path
+
+
+def write_reports(document: dict, out_dir: str | Path) -> list[Path]:
+    """Write report.json, report.md and report.html into `out_dir`, each atomically."""
+    out = Path(out_dir)
+    texts = {"report.json": json.dumps(document, indent=2) + "\n",
+             "report.md": markdown(document), "report.html": page(document)}
+    for name, text in texts.items():
+        with atomic_path(out / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    return [out / name for name in texts]
+
+
+def summary_rows(document: dict) -> list[list[str]]:
+    """One row per model: the numbers the terminal, Markdown and HTML summaries share."""
+    rows = []
+    for m in document["models"]:
+        oracle = [c for c in m["comparisons"] if c["expected"] == "oracle"]
+        pairs = [c for c in m["comparisons"] if c["expected"] != "oracle"]
+        rows.append([m["name"], str(len(m["paths"])), str(len(m["comparisons"])),
+                     _worst(oracle), _worst(pairs),
+                     ", ".join(f"{_e(v)}" for v in m["min_passing_tolerance"].values()),
+                     ", ".join(f"{v:g}" for v in m["tolerance"].values()),
+                     "pass" if m["passed"] else "FAIL"])
+    return rows
+
+
+SUMMARY_COLUMNS = ["model", "paths", "comparisons", "worst vs oracle", "worst pair",
+                   "min passing tolerance", "tolerance", "verdict"]
+
+
+def failures(document: dict, limit: int = 20) -> list[str]:
+    """Failed comparisons, worst first, and where the twins part ways, as text lines."""
+    lines = []
+    for m in document["models"]:
+        failed = sorted((c for c in m["comparisons"] if not c["passed"]),
+                        key=lambda c: -(c["max_abs"] if c["max_abs"] is not None else 1e300))
+        for c in failed[:limit]:
+            lines.append(f"{m['name']}: {c['actual']} vs {c['expected']} at {_shape(c)}: "
+                         f"max abs {_e(c['max_abs'])} > {c['tolerance']:g}, argmax agreement "
+                         f"{c['argmax_agreement']:.0%}")
+        if len(failed) > limit:
+            lines.append(f"{m['name']}: ... and {len(failed) - limit} more failed comparisons")
+        if m["localisation"]:
+            first = m["localisation"]["first_divergent"]
+            lines.append(f"{m['name']}: the twins first diverge at layer {first}")
+    return lines
+
+
+def markdown(document: dict) -> str:
+    s = document["summary"]
+    ran = [p["name"] for p in document["providers"] if p["ran"]]
+    out = [f"# onnxtwin conformance: {'PASS' if s['passed'] else 'FAIL'}", "",
+           f"{s['models']} models, {s['comparisons']} comparisons, {s['failed']} failed, "
+           f"{s['seconds']:.1f} s. Providers that ran: {', '.join(ran)}. "
+           f"Opset {document['settings']['opset']}, seed {document['settings']['seed']}.", "",
+           _md_table(SUMMARY_COLUMNS, summary_rows(document)), ""]
+    if not s["passed"]:
+        out += ["## Failures", "", *(f"- {line}" for line in failures(document)), ""]
+    out += ["## Latency (ms, batch {batch}, seq {seq})".format(**document["settings"]["timing"]),
+            "", _md_table(["model", "path", "p50", "p90", "p99", "samples/s"], _latency_rows(
+                document)), "",
+            "Errors are max abs differences of the logits; *vs oracle* is against the torch twin "
+            "run in float64. *min passing tolerance* is the largest error seen, the tightest "
+            "tolerance every comparison would have passed.", ""]
+    return "\n".join(out)
+
+
+def page(document: dict) -> str:
+    """A self-contained HTML page: summary, failures, per-model tables and inline SVG plots."""
+    s = document["summary"]
+    verdict = "PASS" if s["passed"] else "FAIL"
+    parts = [f"<h1>onnxtwin conformance: <span class='{verdict.lower()}'>{verdict}</span></h1>",
+             f"<p>{s['models']} models, {s['comparisons']} comparisons, {s['failed']} failed, "
+             f"{s['seconds']:.1f} s.</p>",
+             "<h2>Summary</h2>", _html_table(SUMMARY_COLUMNS, summary_rows(document))]
+    if not s["passed"]:
+        parts += ["<h2>Failures</h2><ul>", *(f"<li>{html.escape(x)}</li>"
+                                             for x in failures(document)), "</ul>"]
+    parts += ["<h2>Error of each path against the float64 oracle</h2>", _error_plot(document),
+              "<h2>Latency per path and provider</h2>", _latency_plot(document),
+              _html_table(["model", "path", "p50", "p90", "p99", "samples/s"],
+                          _latency_rows(document)),
+              "<h2>Providers</h2>",
+              _html_table(["provider", "usable", "ran", "reason"],
+                          [[p["name"], str(p["usable"]), str(p["ran"]), p["reason"]]
+                           for p in document["providers"]]),
+              "<h2>Exports</h2>",
+              _html_table(["model", "file", "opset", "nodes", "gate max abs", "graph differences"],
+                          [[m["name"], e["path"], str(e["opset"]), str(sum(e["ops"].values())),
+                            _e(max(g["max_abs"] for g in e["gate"])),
+                            "; ".join(m["graph_differences"])]
+                           for m in document["models"] for e in m["exports"]]),
+              "<h2>Versions</h2>",
+              _html_table(["tool", "version"], [[k, v] for k, v in document["versions"].items()])]
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>onnxtwin report</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
+_CSS = ("body{font-family:sans-serif;margin:2em;max-width:75em}table{border-collapse:collapse;"
+        "margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}.pass{color:#070}.fail{color:#b00}")
+
+
+def _latency_rows(document: dict) -> list[list[str]]:
+    return [[m["name"], t["path"], f"{t['p50_ms']:.3f}", f"{t['p90_ms']:.3f}",
+             f"{t['p99_ms']:.3f}", f"{t['throughput']:.0f}"]
+            for m in document["models"] for t in m["latency"]]
+
+
+def _error_plot(document: dict) -> str:
+    """Grouped bars: per model, each path's worst max abs error vs the oracle (log scale)."""
+    import numpy as np
+
+    models = [m["name"] for m in document["models"]]
+    paths = list(dict.fromkeys(c["actual"] for m in document["models"] for c in m["comparisons"]
+                               if c["expected"] == "oracle"))
+    worst = {(m["name"], p): max((c["max_abs"] or 1.0 for c in m["comparisons"]
+                                  if c["actual"] == p and c["expected"] == "oracle"), default=0)
+             for m in document["models"] for p in paths}
+    tolerance = document["settings"]["tolerances"]["defaults"]["float32"]
+    fig, ax = _figure(len(models))
+    width = 0.8 / max(1, len(paths))
+    for i, p in enumerate(paths):
+        ax.bar(np.arange(len(models)) + i * width, [max(worst[m, p], 1e-12) for m in models],
+               width, label=p)
+    ax.axhline(tolerance, color="#b00", linestyle="--", label=f"tolerance {tolerance:g}")
+    ax.set_yscale("log")
+    ax.set_ylabel("max abs error vs oracle")
+    ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models)
+    ax.legend(fontsize="small", ncols=2)
+    return _svg(fig)
+
+
+def _latency_plot(document: dict) -> str:
+    import numpy as np
+
+    models = [m["name"] for m in document["models"]]
+    paths = list(dict.fromkeys(t["path"] for m in document["models"] for t in m["latency"]))
+    p50 = {(m["name"], t["path"]): t["p50_ms"] for m in document["models"] for t in m["latency"]}
+    fig, ax = _figure(len(models))
+    width = 0.8 / max(1, len(paths))
+    for i, p in enumerate(paths):
+        ax.bar(np.arange(len(models)) + i * width, [p50.get((m, p), 0) for m in models], width,
+               label=p)
+    ax.set_yscale("log")
+    ax.set_ylabel("p50 latency (ms)")
+    ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models)
+    ax.legend(fontsize="small", ncols=2)
+    return _svg(fig)
+
+
+def _figure(groups: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(max(6.0, 1.6 * groups), 3.6))
+
+
+def _svg(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _md_table(columns: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _html_table(columns: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(_cell(v) for v in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(value: str) -> str:
+    css = {"pass": " class='pass'", "FAIL": " class='fail'"}.get(value, "")
+    return f"<td{css}>{html.escape(value)}</td>"
+
+
+def _worst(checks: list[dict]) -> str:
+    if any(c["max_abs"] is None for c in checks):
+        return "nan/inf"
+    return _e(max((c["max_abs"] for c in checks), default=0.0))
+
+
+def _e(value: float | None) -> str:
+    return "nan/inf" if value is None else f"{value:.2e}"
+
+
+def _shape(c: dict) -> str:
+    return f"batch {c['batch']}" + (f", seq {c['seq']}" if c["seq"] is not None else "")

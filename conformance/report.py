@@ -1,0 +1,145 @@
+"""The conformance run as one result object, serialised to report.json (the single source)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from onnxtwin.builders import build_twins
+from onnxtwin.builders.signature import ModelSpec
+from onnxtwin.conformance.matrix import (
+    MATRIX_BATCHES,
+    MATRIX_SEQS,
+    TIMING_BATCH,
+    TIMING_SEQ,
+    ModelResult,
+    run_matrix,
+)
+from onnxtwin.conformance.tolerances import Tolerances
+from onnxtwin.export import DEFAULT_OPSET
+from onnxtwin.export.metadata import TOOLS
+from onnxtwin.runtime import OnnxtwinError, ProviderStatus, probe, usable_aliases
+
+SCHEMA_ID = "onnxtwin-report/1"
+REPORTED_TOOLS = (*TOOLS, "keras", "onnxruntime-gpu", "onnxruntime", "numpy")
+
+
+@dataclass(frozen=True)
+class Report:
+    """One `onnxtwin check`: settings, machine, providers that ran, and each model's result."""
+
+    created: str
+    command: tuple[str, ...]
+    seed: int
+    opset: int
+    tolerances: Tolerances
+    providers: tuple[ProviderStatus, ...]
+    ran_on: tuple[str, ...]
+    models: tuple[ModelResult, ...]
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return all(m.passed for m in self.models)
+
+    def to_dict(self) -> dict:
+        """The JSON document described by conformance/report.schema.json."""
+        checks = [c for m in self.models for c in m.checks]
+        return {
+            "schema": SCHEMA_ID,
+            "created": self.created,
+            "command": list(self.command),
+            "versions": versions(),
+            "machine": machine(),
+            "settings": {"seed": self.seed, "opset": self.opset,
+                         "batches": list(MATRIX_BATCHES), "seq_lengths": list(MATRIX_SEQS),
+                         "timing": {"batch": TIMING_BATCH, "seq": TIMING_SEQ},
+                         "tolerances": self.tolerances.to_dict()},
+            "providers": [{**asdict(p), "ran": p.alias in self.ran_on} for p in self.providers],
+            "models": [_model_dict(m) for m in self.models],
+            "summary": {"passed": self.passed, "models": len(self.models),
+                        "comparisons": len(checks),
+                        "failed": sum(not c.passed for c in checks),
+                        "seconds": round(self.seconds, 3)},
+        }
+
+
+def select_providers(requested: list[str] | None) -> list[str]:
+    """Every usable provider by default; a requested one that cannot run is a usage error."""
+    if not requested:
+        return usable_aliases()
+    chosen = []
+    for alias in requested:
+        status = probe(alias.strip().lower())
+        if not status.usable:
+            raise OnnxtwinError(f"provider {status.alias!r}: expected it to run here, got: "
+                                f"{status.reason}")
+        chosen.append(status.alias)
+    return list(dict.fromkeys(chosen))
+
+
+def check(specs: list[ModelSpec], out_dir: str | Path, providers: list[str] | None = None,
+          tolerances: Tolerances | None = None, opset: int = DEFAULT_OPSET, seed: int = 0,
+          use_cache: bool = True, timing_runs: int = 20,
+          on_model: Callable[[ModelSpec], Callable[[str], None]] = lambda _: lambda _: None,
+          ) -> Report:
+    """Run the matrix for every spec (built with `seed`, torch initialisation) and collect it.
+
+    Exported files go to `out_dir`; write the reports with `write_reports`.
+    """
+    start = time.perf_counter()
+    ran_on = select_providers(providers)
+    tolerances = tolerances or Tolerances()
+    results = []
+    for spec in specs:
+        step = on_model(spec)
+        step(f"{spec.name}: building twins")
+        twins = build_twins(spec, seed=seed)
+        results.append(run_matrix(twins, out_dir, ran_on, tolerances, opset, seed, use_cache,
+                                  timing_runs, step))
+    statuses = tuple(probe(a) for a in dict.fromkeys(["cpu", "cuda", "tensorrt", *ran_on]))
+    return Report(datetime.now(UTC).isoformat(timespec="seconds"), tuple(sys.argv), seed, opset,
+                  tolerances, statuses, tuple(ran_on), tuple(results),
+                  time.perf_counter() - start)
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for tool in REPORTED_TOOLS:
+        try:
+            found[tool] = version(tool)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def machine() -> dict[str, object]:
+    return {"platform": platform.platform(), "processor": platform.machine(),
+            "cpus": os.cpu_count()}
+
+
+def _model_dict(m: ModelResult) -> dict:
+    needed = m.needed()
+    return {
+        "name": m.spec.name,
+        "family": m.spec.family,
+        "hyperparameters": m.spec.hyperparameters(),
+        "passed": m.passed,
+        "seconds": round(m.seconds, 3),
+        "tolerance": {o: c.tolerance for c in m.checks for o in [c.output]},
+        "min_passing_tolerance": {o: (v if v != float("inf") else None)
+                                  for o, v in needed.items()},
+        "paths": [asdict(p) for p in m.paths],
+        "exports": [{**e.to_dict(), "path": e.path.name} for e in m.exports],
+        "graph_differences": list(m.differences),
+        "comparisons": [c.to_dict() for c in m.checks],
+        "latency": [{"path": t.path, "seq": t.seq, **asdict(t.timing)} for t in m.latency],
+        "localisation": None if m.localisation is None else asdict(m.localisation),
+    }
