@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up ./.venv and run the main job: build every built-in twin pair and check native parity.
-# Extra arguments go to `onnxtwin build` (see `onnxtwin build --help`).
+# Set up ./.venv and run the main job: the conformance check of every built-in model (CPU).
+# Extra arguments go to `onnxtwin check` (see `onnxtwin check --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/onnxtwin build "$@"
+exec .venv/bin/onnxtwin check --provider cpu "$@"  # a later --provider wins
