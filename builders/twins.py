@@ -47,11 +47,11 @@ class Twins:
         return torch_state(self.torch_model)
 
     def run_torch(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return _run_torch(self.torch_model, self._ordered(inputs), torch.float32)
+        return run_module(self.torch_model, self._ordered(inputs), torch.float32)
 
     def run_oracle(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """The torch twin run in float64 on the same float32 weights and inputs: the reference."""
-        return _run_torch(copy.deepcopy(self.torch_model).double(), self._ordered(inputs),
+        return run_module(copy.deepcopy(self.torch_model).double(), self._ordered(inputs),
                           torch.float64)
 
     def run_keras(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -139,7 +139,8 @@ def load_twins(folder: str | Path) -> Twins:
     return from_weights(spec, weights, str(folder / TORCH_FILE))
 
 
-def _run_torch(model: torch.nn.Module, args: list[np.ndarray], dtype: torch.dtype) -> np.ndarray:
+def run_module(model: torch.nn.Module, args: list[np.ndarray], dtype: torch.dtype) -> np.ndarray:
+    """Run a torch module in inference mode on numpy arrays; float inputs cast to `dtype`."""
     def tensor(a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(a))
         return t.to(dtype) if t.is_floating_point() else t

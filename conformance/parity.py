@@ -24,12 +24,16 @@ def twins_agree(torch_model: Any, keras_model: Any, inputs: Inputs,
 
     The float64 oracle runs a deep copy of the torch model in double precision.
     """
+    import torch
+
+    from onnxtwin.builders.twins import run_module
+
     args = list(inputs.values())
-    torch_out = run_torch(torch_model, args)
+    torch_out = run_module(torch_model.eval(), args, torch.float32)
     keras_out = np.asarray(keras_model(args, training=False))
     results = {"torch vs keras": compare(torch_out, keras_out)}
     if oracle:
-        reference = run_torch(copy.deepcopy(torch_model).double(), args, double=True)
+        reference = run_module(copy.deepcopy(torch_model).double(), args, torch.float64)
         results["torch vs oracle"] = compare(torch_out, reference)
         results["keras vs oracle"] = compare(keras_out, reference)
     return results
@@ -55,21 +59,13 @@ def assert_onnx_matches(path: str | Path, reference: Any, inputs: Inputs,
             tolerance)
 
 
-def run_torch(model: Any, args: list[np.ndarray], double: bool = False) -> np.ndarray:
-    import torch
-
-    def tensor(a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(a))
-        return t.double() if double and t.is_floating_point() else t
-
-    with torch.inference_mode():
-        return model.eval()(*(tensor(a) for a in args)).numpy()
-
-
 def _reference_runner(reference: Any) -> Callable[[Inputs], np.ndarray]:
-    module = type(reference).__module__
-    if module.startswith("torch") or hasattr(reference, "state_dict"):
-        return lambda x: run_torch(reference, list(x.values()))
+    if hasattr(reference, "state_dict"):  # a torch module
+        import torch
+
+        from onnxtwin.builders.twins import run_module
+
+        return lambda x: run_module(reference.eval(), list(x.values()), torch.float32)
     if hasattr(reference, "get_layer"):  # a Keras model
         return lambda x: np.asarray(reference(list(x.values()), training=False))
     return lambda x: np.asarray(reference(x))

@@ -133,7 +133,7 @@ def _model_dict(m: ModelResult) -> dict:
         "hyperparameters": m.spec.hyperparameters(),
         "passed": m.passed,
         "seconds": round(m.seconds, 3),
-        "tolerance": {o: c.tolerance for c in m.checks for o in [c.output]},
+        "tolerance": {c.output: c.tolerance for c in m.checks},
         "min_passing_tolerance": {o: (v if v != float("inf") else None)
                                   for o, v in needed.items()},
         "paths": [asdict(p) for p in m.paths],

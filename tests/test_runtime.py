@@ -261,3 +261,14 @@ def test_run_command_errors_are_one_line_with_exit_2_and_no_output(exported, tmp
         assert len(lines) == 1 and "Traceback" not in result.stderr
         assert re.search(message, lines[0]), lines[0]
         assert not (tmp_path / "y.npz").exists()
+
+
+def test_providers_command_prints_the_probe_table():
+    result = subprocess.run([sys.executable, "-c", "from onnxtwin.conformance.cli import main; "
+                             "main()", "providers"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[1]: line for line in result.stdout.splitlines()
+            if line.startswith("│") and "ExecutionProvider" in line}
+    assert "yes" in rows["cpu"].split("│")[4]
+    for status in providers():
+        assert (("yes" in rows[status.alias].split("│")[4]) == status.usable)
