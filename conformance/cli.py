@@ -189,12 +189,11 @@ def check(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from onnxtwin.conformance import check as run_check
-    from onnxtwin.conformance.matrix import step_count
     from onnxtwin.conformance.render import SUMMARY_COLUMNS, failures, summary_rows, write_reports
     from onnxtwin.conformance.tolerances import load_tolerances
-    from onnxtwin.export import check_request
+    from onnxtwin.export import FRAMEWORKS, check_request
 
-    for framework in ("torch", "keras"):
+    for framework in FRAMEWORKS:
         check_request(framework, opset)
     tolerances = load_tolerances(spec)
     if tolerance is not None:
@@ -205,8 +204,8 @@ def check(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=shown, transient=shown.is_terminal) as progress:
-        def on_model(s):
-            task = progress.add_task(s.name, total=step_count(s) + 1)
+        def on_model(s, steps):
+            task = progress.add_task(s.name, total=steps)
             return lambda text: progress.update(task, advance=1, description=text)
 
         report = run_check(selected, out, providers, tolerances, opset, seed, cache,

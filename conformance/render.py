@@ -119,42 +119,45 @@ def _latency_rows(document: dict) -> list[list[str]]:
 
 
 def _error_plot(document: dict) -> str:
-    """Grouped bars: per model, each path's worst max abs error vs the oracle (log scale)."""
-    import numpy as np
+    """Per model, each path's worst max abs error vs the oracle.
 
-    models = [m["name"] for m in document["models"]]
-    paths = list(dict.fromkeys(c["actual"] for m in document["models"] for c in m["comparisons"]
-                               if c["expected"] == "oracle"))
-    worst = {(m["name"], p): max((c["max_abs"] or 1.0 for c in m["comparisons"]
-                                  if c["actual"] == p and c["expected"] == "oracle"), default=0)
-             for m in document["models"] for p in paths}
+    NaN/Inf is drawn at 1; the floor 1e-12 keeps an exact agreement visible on a log axis.
+    """
+    worst: dict[tuple[str, str], float] = {}
+    for m in document["models"]:
+        for c in m["comparisons"]:
+            if c["expected"] == "oracle":
+                key = (m["name"], c["actual"])
+                error = c["max_abs"] if c["max_abs"] is not None else 1.0
+                worst[key] = max(worst.get(key, 1e-12), error)
     tolerance = document["settings"]["tolerances"]["defaults"]["float32"]
-    fig, ax = _figure(len(models))
-    width = 0.8 / max(1, len(paths))
-    for i, p in enumerate(paths):
-        ax.bar(np.arange(len(models)) + i * width, [max(worst[m, p], 1e-12) for m in models],
-               width, label=p)
-    ax.axhline(tolerance, color="#b00", linestyle="--", label=f"tolerance {tolerance:g}")
-    ax.set_yscale("log")
-    ax.set_ylabel("max abs error vs oracle")
-    ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models)
-    ax.legend(fontsize="small", ncols=2)
-    return _svg(fig)
+    return _grouped_bars(document, worst, "max abs error vs oracle", tolerance)
 
 
 def _latency_plot(document: dict) -> str:
+    p50 = {(m["name"], t["path"]): t["p50_ms"] for m in document["models"] for t in m["latency"]}
+    return _grouped_bars(document, p50, "p50 latency (ms)")
+
+
+def _grouped_bars(document: dict, values: dict[tuple[str, str], float], label: str,
+                  tolerance: float | None = None) -> str:
+    """An inline SVG bar chart, log scale: one group per model, one bar per path."""
     import numpy as np
 
     models = [m["name"] for m in document["models"]]
-    paths = list(dict.fromkeys(t["path"] for m in document["models"] for t in m["latency"]))
-    p50 = {(m["name"], t["path"]): t["p50_ms"] for m in document["models"] for t in m["latency"]}
+    paths = list(dict.fromkeys(p for m in document["models"] for p in
+                               [*(c["actual"] for c in m["comparisons"]),
+                                *(t["path"] for t in m["latency"])]))
+    paths = [p for p in paths if any((m, p) in values for m in models)]
     fig, ax = _figure(len(models))
     width = 0.8 / max(1, len(paths))
     for i, p in enumerate(paths):
-        ax.bar(np.arange(len(models)) + i * width, [p50.get((m, p), 0) for m in models], width,
-               label=p)
+        ax.bar(np.arange(len(models)) + i * width,
+               [values.get((m, p), 0.0) for m in models], width, label=p)
+    if tolerance is not None:
+        ax.axhline(tolerance, color="#b00", linestyle="--", label=f"tolerance {tolerance:g}")
     ax.set_yscale("log")
-    ax.set_ylabel("p50 latency (ms)")
+    ax.set_ylabel(label)
     ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models)
     ax.legend(fontsize="small", ncols=2)
     return _svg(fig)

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from onnxtwin.builders import build_twins
@@ -21,11 +20,13 @@ from onnxtwin.conformance.matrix import (
     TIMING_SEQ,
     ModelResult,
     run_matrix,
+    step_count,
 )
 from onnxtwin.conformance.tolerances import Tolerances
 from onnxtwin.export import DEFAULT_OPSET
-from onnxtwin.export.metadata import TOOLS
+from onnxtwin.export.metadata import TOOLS, tool_versions
 from onnxtwin.runtime import OnnxtwinError, ProviderStatus, probe, usable_aliases
+from onnxtwin.runtime import providers as probe_all
 
 SCHEMA_ID = "onnxtwin-report/1"
 REPORTED_TOOLS = (*TOOLS, "keras", "onnxruntime-gpu", "onnxruntime", "numpy")
@@ -88,7 +89,7 @@ def select_providers(requested: list[str] | None) -> list[str]:
 def check(specs: list[ModelSpec], out_dir: str | Path, providers: list[str] | None = None,
           tolerances: Tolerances | None = None, opset: int = DEFAULT_OPSET, seed: int = 0,
           use_cache: bool = True, timing_runs: int = 20,
-          on_model: Callable[[ModelSpec], Callable[[str], None]] = lambda _: lambda _: None,
+          on_model: Callable[[ModelSpec, int], Callable[[str], None]] = lambda *_: lambda _: None,
           ) -> Report:
     """Run the matrix for every spec (built with `seed`, torch initialisation) and collect it.
 
@@ -99,25 +100,20 @@ def check(specs: list[ModelSpec], out_dir: str | Path, providers: list[str] | No
     tolerances = tolerances or Tolerances()
     results = []
     for spec in specs:
-        step = on_model(spec)
+        step = on_model(spec, step_count(spec) + 1)  # +1: building the twins
         step(f"{spec.name}: building twins")
         twins = build_twins(spec, seed=seed)
         results.append(run_matrix(twins, out_dir, ran_on, tolerances, opset, seed, use_cache,
                                   timing_runs, step))
-    statuses = tuple(probe(a) for a in dict.fromkeys(["cpu", "cuda", "tensorrt", *ran_on]))
     return Report(datetime.now(UTC).isoformat(timespec="seconds"), tuple(sys.argv), seed, opset,
-                  tolerances, statuses, tuple(ran_on), tuple(results),
+                  tolerances, tuple(probe_all()), tuple(ran_on), tuple(results),
                   time.perf_counter() - start)
 
 
 def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for tool in REPORTED_TOOLS:
-        try:
-            found[tool] = version(tool)
-        except PackageNotFoundError:
-            continue
-    return found
+    """Python and every installed tool of REPORTED_TOOLS."""
+    installed = {k: v for k, v in tool_versions(REPORTED_TOOLS).items() if v != "absent"}
+    return {"python": platform.python_version(), **installed}
 
 
 def machine() -> dict[str, object]:

@@ -11,7 +11,7 @@ import onnx
 
 from onnxtwin.builders import ModelSpec, check_shapes, sample_inputs
 from onnxtwin.export.graphs import node_ops, written_opset
-from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.errors import OnnxtwinError, first_line
 from onnxtwin.runtime.metrics import compare
 from onnxtwin.runtime.session import Session
 
@@ -32,9 +32,8 @@ def check_file(path: Path, opset: int, what: str) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise OnnxtwinError(f"{what}: expected a valid ONNX model, onnx.checker says: {first}") \
-            from None
+        raise OnnxtwinError(f"{what}: expected a valid ONNX model, onnx.checker says: "
+                            f"{first_line(e)}") from None
     model = onnx.load(str(path))
     written = written_opset(model)
     if written != opset:

@@ -9,10 +9,10 @@ import onnx
 TOOLS = ("onnxtwin", "torch", "tensorflow-cpu", "tf2onnx", "onnx", "onnxscript")
 
 
-def tool_versions() -> dict[str, str]:
-    """Installed versions of the tools an export depends on."""
+def tool_versions(tools: tuple[str, ...] = TOOLS) -> dict[str, str]:
+    """Installed versions of `tools` (default: those an export depends on); "absent" if not."""
     found = {}
-    for tool in TOOLS:
+    for tool in tools:
         try:
             found[tool] = version(tool)
         except PackageNotFoundError:

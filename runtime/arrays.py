@@ -8,15 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from onnxtwin.runtime.errors import OnnxtwinError
-from onnxtwin.runtime.files import atomic_path
+from onnxtwin.runtime.files import atomic_path, existing_file
 
 
 def load_arrays(path: Path, names: list[str]) -> dict[str, np.ndarray]:
     """An .npz's arrays by name, or an .npy as the only input of a single-input model."""
-    if not path.is_file():
-        raise OnnxtwinError(f"{path}: expected an .npy or .npz file, got a path that does "
-                            f"not exist" if not path.exists() else f"{path}: expected a file, "
-                            f"got a directory")
+    existing_file(path, "an .npy or .npz file")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:

@@ -7,3 +7,9 @@ runtime must stay free of torch and TensorFlow and still share the error type.
 
 class OnnxtwinError(Exception):
     """A user error: the message says what was expected and what was given, on one line."""
+
+
+def first_line(error: Exception) -> str:
+    """The first non-empty line of a library's error message (onnxruntime's, onnx's)."""
+    lines = [s.strip() for s in str(error).splitlines() if s.strip()]
+    return lines[0] if lines else type(error).__name__

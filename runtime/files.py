@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a partial one."""
+"""Files: atomic writes (a reader sees the old file or the new one, never a partial one),
+and one check of the files a user names."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from onnxtwin.runtime.errors import OnnxtwinError
 
 
 @contextmanager
@@ -24,3 +27,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def existing_file(path: Path, what: str) -> Path:
+    """`path` if it is a non-empty file; else one line saying it was expected to be `what`."""
+    if not path.exists():
+        raise OnnxtwinError(f"{path}: expected {what}, got a path that does not exist")
+    if not path.is_file():
+        raise OnnxtwinError(f"{path}: expected {what}, got a directory")
+    if path.stat().st_size == 0:
+        raise OnnxtwinError(f"{path}: expected {what}, got an empty file")
+    return path

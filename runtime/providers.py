@@ -161,6 +161,3 @@ def _fallback_reason(log: str) -> str:
 
 _ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else "no message"

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.errors import OnnxtwinError, first_line
+from onnxtwin.runtime.files import existing_file
 from onnxtwin.runtime.providers import refuse_or_warn, resolve
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -101,7 +102,7 @@ class Session:
             values = self._session.run(None, arrays)
         except Exception as e:  # onnxruntime raises its own pybind types
             raise OnnxtwinError(f"{self.path.name}: expected onnxruntime to run it on "
-                                f"{_shapes(arrays)}, got: {_first_line(e)}") from None
+                                f"{_shapes(arrays)}, got: {first_line(e)}") from None
         return {o.name: v for o, v in zip(self.outputs, values, strict=True)}
 
     def run_bound(self, inputs: Mapping[str, Any], device: str = "cuda",
@@ -128,41 +129,20 @@ class Session:
         return {o.name: v for o, v in zip(self.outputs, binding.copy_outputs_to_cpu(),
                                           strict=True)}
 
-    def describe(self) -> dict[str, Any]:
-        """What this session is: file, providers requested and used, signature."""
-        return {"path": str(self.path), "requested": self.requested,
-                "providers": list(self.providers),
-                "inputs": {i.name: str(i) for i in self.inputs},
-                "outputs": {o.name: str(o) for o in self.outputs}}
-
 
 def _create(ort: Any, path: Path, options: Any, providers: list[str]) -> Any:
     """InferenceSession on a checked path; any onnxruntime failure becomes one line."""
-    _readable_model(path)
+    existing_file(path, "an ONNX model file")
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as e:  # onnxruntime raises its own pybind types
         raise OnnxtwinError(f"{path}: expected an ONNX model onnxruntime can load, got: "
-                            f"{_first_line(e)}") from None
-
-
-def _first_line(error: Exception) -> str:
-    lines = [s.strip() for s in str(error).splitlines() if s.strip()]
-    return lines[0] if lines else type(error).__name__
+                            f"{first_line(e)}") from None
 
 
 def _shapes(arrays: Mapping[str, np.ndarray]) -> str:
     return ", ".join(f"{k} {a.dtype}{list(a.shape)}" for k, a in arrays.items())
 
-
-def _readable_model(path: Path) -> Path:
-    if not path.exists():
-        raise OnnxtwinError(f"{path}: expected an ONNX model file, got a path that does not exist")
-    if not path.is_file():
-        raise OnnxtwinError(f"{path}: expected an ONNX model file, got a directory")
-    if path.stat().st_size == 0:
-        raise OnnxtwinError(f"{path}: expected an ONNX model file, got an empty file")
-    return path
 
 
 def _optimization_level(name: str) -> Any:
