@@ -9,11 +9,11 @@
 from onnxtwin.builders.inputs import check_shapes, has_seq, sample_inputs
 from onnxtwin.builders.registry import BUILTIN, get_spec, load_toml, make_spec, names, register
 from onnxtwin.builders.signature import ModelSpec, Signature, TensorSpec
-from onnxtwin.builders.twins import Twins, build_twins, from_weights, load_twins
+from onnxtwin.builders.twins import Twins, build_twins, from_keras, from_weights, load_twins
 
 __all__ = [
     "BUILTIN", "ModelSpec", "Signature", "TensorSpec", "Twins", "build_twins", "check_shapes",
-    "from_weights",
+    "from_keras", "from_weights",
     "get_spec", "has_seq", "load_toml", "load_twins", "make_spec", "names", "register",
     "sample_inputs",
 ]

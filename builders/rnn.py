@@ -55,6 +55,25 @@ class RnnSpec(ModelSpec):
     def keras_model(self):
         return keras_rnn(self)
 
+    def init_for_training(self, model: nn.Module) -> None:
+        """Keras-style initialisers: Glorot-uniform input and orthogonal recurrent kernels per
+        gate, zero biases, LSTM forget-gate bias 1. On BBC News (200-word texts) they gave the
+        LSTM and GRU 2-3 points more test accuracy than torch's uniform default, which the
+        random-weight checks keep (their biases are not zero)."""
+        gates = 4 if self.cell == "lstm" else 3
+        for name, p in model.rnns.named_parameters():
+            blocks = p.data.chunk(gates)
+            if "weight_hh" in name:
+                for block in blocks:
+                    nn.init.orthogonal_(block)
+            elif "weight_ih" in name:
+                for block in blocks:
+                    nn.init.xavier_uniform_(block)
+            else:
+                nn.init.zeros_(p)
+                if self.cell == "lstm" and "bias_ih" in name:
+                    nn.init.ones_(blocks[1])  # gate order i, f, g, o
+
     def layer_maps(self) -> list[layers.LayerMap]:
         convert = layers.lstm if self.cell == "lstm" else layers.gru
         maps = [layers.embedding("embedding", "embedding")]

@@ -56,6 +56,9 @@ class ModelSpec:
     def signature(self) -> Signature:
         raise NotImplementedError
 
+    def init_for_training(self, model) -> None:
+        """Re-initialise a new torch twin before training; torch's defaults unless overridden."""
+
     def hyperparameters(self) -> dict[str, object]:
         """Every field but the name, as JSON-ready values."""
         fields = dataclasses.asdict(self)

@@ -49,10 +49,21 @@ class Twins:
     def run_torch(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return run_module(self.torch_model, self._ordered(inputs), torch.float32)
 
-    def run_oracle(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """The torch twin run in float64 on the same float32 weights and inputs: the reference."""
-        return run_module(copy.deepcopy(self.torch_model).double(), self._ordered(inputs),
-                          torch.float64)
+    def run_oracle(self, inputs: dict[str, np.ndarray], jitter: int | None = None) -> np.ndarray:
+        """The torch twin run in float64 on the same float32 weights and inputs: the reference.
+
+        With `jitter` (a seed), every weight is first moved by a random relative amount of
+        at most 2**-24, float32's rounding error: how far that moves the output measures
+        how sensitive an input is to float32 rounding.
+        """
+        model = copy.deepcopy(self.torch_model).double()
+        if jitter is not None:
+            generator = torch.Generator().manual_seed(jitter)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(1 + (2 * torch.rand(p.shape, generator=generator,
+                                               dtype=torch.float64) - 1) * 2.0 ** -24)
+        return run_module(model, self._ordered(inputs), torch.float64)
 
     def run_keras(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         args = self._ordered(inputs)
@@ -104,11 +115,7 @@ def build_twins(model: str | ModelSpec, seed: int = 0, source: Source = "torch")
         from onnxtwin.builders.keras_support import seeded
 
         seeded(seed)
-        keras_model = spec.keras_model()
-        torch_model = spec.torch_model()
-        load_torch_state(torch_model, keras_to_torch(spec.layer_maps(), keras_state(keras_model)),
-                         f"{spec.name}: keras -> torch")
-        return Twins(spec, torch_model.eval(), keras_model)
+        return from_keras(spec, spec.keras_model())
     raise OnnxtwinError(f"source: expected 'torch' or 'keras', got {source!r}")
 
 
@@ -119,6 +126,14 @@ def from_weights(spec: ModelSpec, weights: Weights, origin: str = "weights") -> 
     keras_model = spec.keras_model()
     load_keras_state(keras_model, torch_to_keras(spec.layer_maps(), weights),
                      f"{spec.name}: torch -> keras")
+    return Twins(spec, torch_model.eval(), keras_model)
+
+
+def from_keras(spec: ModelSpec, keras_model) -> Twins:
+    """Twins around a Keras model of `spec`, its weights transferred to a new torch model."""
+    torch_model = spec.torch_model()
+    load_torch_state(torch_model, keras_to_torch(spec.layer_maps(), keras_state(keras_model)),
+                     f"{spec.name}: keras -> torch")
     return Twins(spec, torch_model.eval(), keras_model)
 
 

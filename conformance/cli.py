@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -178,18 +178,28 @@ def check(
         help="Default float32 tolerance (max abs). Per-model values: [tolerances] in --spec.")
     ] = None,
     cache: Annotated[bool, typer.Option(help="Reuse accepted exports ($ONNXTWIN_CACHE).")] = True,
+    trained: Annotated[Path | None, typer.Option(
+        help="Folder written by `onnxtwin train`: check its trained twins on real test "
+             "samples, and every path's accuracy on the whole test set.")] = None,
 ) -> None:
     """Cross-check every path of every model; exit 0 if all pass, 1 if any fails, 2 on misuse.
 
     Paths: torch, keras, and onnxruntime on torch's and Keras' .onnx on each provider.
     Each is compared with the float64 torch oracle and with every other path, at batch 1
-    and 7 (seq 1, 12, 50, 256 for token models). OUT gets report.json, report.md,
-    report.html and the .onnx files.
+    and 7 (seq 1, 12, 50, 256 for token models). Weights are random (--seed) unless
+    --trained is given. OUT gets report.json, report.md, report.html and the .onnx files.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from onnxtwin.conformance import check as run_check
-    from onnxtwin.conformance.render import SUMMARY_COLUMNS, failures, summary_rows, write_reports
+    from onnxtwin.conformance.render import (
+        ACCURACY_COLUMNS,
+        SUMMARY_COLUMNS,
+        accuracy_rows,
+        failures,
+        summary_rows,
+        write_reports,
+    )
     from onnxtwin.conformance.tolerances import load_tolerances
     from onnxtwin.export import FRAMEWORKS, check_request
 
@@ -209,7 +219,7 @@ def check(
             return lambda text: progress.update(task, advance=1, description=text)
 
         report = run_check(selected, out, providers, tolerances, opset, seed, cache,
-                           on_model=on_model)
+                           on_model=on_model, trained=trained)
     document = report.to_dict()
     write_reports(document, out)
     if json_out:
@@ -222,12 +232,90 @@ def check(
         for row in summary_rows(document):
             table.add_row(*row[:-1], "[green]pass" if row[-1] == "pass" else "[red]FAIL")
         console.print(table)
+        if rows := accuracy_rows(document):
+            table = Table(title=f"accuracy on the test set, trained weights from {trained}")
+            for column in ACCURACY_COLUMNS:
+                table.add_column(column)
+            for row in rows:
+                table.add_row(*row[:-1], "[green]pass" if row[-1] == "pass" else "[red]FAIL")
+            console.print(table)
         for line in failures(document):
             console.print(line, markup=False, highlight=False)
         console.print(f"wrote {out}/ (report.json, report.md, report.html, "
                       f"{sum(len(m.exports) for m in report.models)} .onnx files)")
     if not report.passed:
         raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", "-m", help="Variant to train (repeatable). Default: every built-in model.")
+    ] = None,
+    framework: Annotated[Source, typer.Option(
+        help="Framework that trains; the other twin receives the weights.")] = Source.torch,
+    epochs: Annotated[int | None, typer.Option(
+        min=1, help="Epochs. Default: 5 for images, 20 for text.")] = None,
+    data: Annotated[str | None, typer.Option(
+        help="fashion-mnist, bbc-news, or PATH: a .npz of images and labels or a .csv with "
+             "text and label columns. Default: fashion-mnist for the CNN, bbc-news otherwise.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(
+        min=10, help="Use at most this many training and test samples (stratified).")] = None,
+    spec: SpecOption = None,
+    provider: Annotated[str | None, typer.Option(
+        help="Comma-separated providers for the check, e.g. cpu. Default: every usable one.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, order and split.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("onnxtwin-trained"),
+) -> None:
+    """Train twins on real data, then check every path on trained weights and the test set.
+
+    Per model: OUT/NAME/ (spec.json, torch.safetensors, keras.weights.h5, training.json,
+    tokenizer.json for text). Then `onnxtwin check --trained OUT` runs on them: OUT gets
+    report.json/.md/.html with each path's test accuracy and agreement, and the .onnx
+    files. Exit 1 if any path disagrees with another on one test sample or any logit
+    differs by more than the tolerance.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from onnxtwin.builders.datasets import default_data, load_dataset
+    from onnxtwin.builders.training import RECIPES
+    from onnxtwin.builders.training import train as train_twins
+    from onnxtwin.conformance.report import select_providers
+
+    selected = _selected_specs(model, spec)
+    select_providers(provider.split(",") if provider else None)  # refuse early, not after hours
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    for s in selected:
+        source = data or default_data(s)
+        dataset = load_dataset(source, vocab=getattr(s, "vocab", 0), seed=seed)
+        if limit:
+            dataset = dataset.subset(limit, limit, seed)
+        recipe = RECIPES[dataset.kind]
+        if epochs:
+            recipe = replace(recipe, epochs=epochs)
+        console.print(f"[bold]{s.name}[/]: training the {framework.value} twin on {dataset.name} "
+                      f"({len(dataset.y_train)} train / {len(dataset.y_test)} test samples, "
+                      f"{len(dataset.classes)} classes), {recipe.epochs} epochs")
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task(f"{s.name} epoch 1", total=None)
+
+            def on_batch(done, total, task=task):
+                progress.update(task, completed=done, total=total)
+
+            def on_epoch(e, task=task, s=s, total=recipe.epochs):
+                progress.console.print(f"  epoch {e.epoch}/{total}: loss {e.loss:.4f}, "
+                                       f"train accuracy {e.accuracy:.2%}, {e.seconds:.1f} s",
+                                       highlight=False)
+                progress.update(task, description=f"{s.name} epoch {e.epoch + 1}", completed=0)
+
+            trained = train_twins(s, dataset, framework.value, recipe, seed, on_batch, on_epoch)
+        trained.save(out / s.name)
+    console.print(f"wrote {len(selected)} trained model(s) to {out}/; checking them")
+    check(model=[s.name for s in selected] if model else None, spec=spec, provider=provider,
+          out=out, trained=out, seed=seed)
 
 
 @app.command()

@@ -39,6 +39,31 @@ SUMMARY_COLUMNS = ["model", "paths", "comparisons", "worst vs oracle", "worst pa
                    "min passing tolerance", "tolerance", "verdict"]
 
 
+ACCURACY_COLUMNS = ["model", "data", "test samples", "accuracy", "agreement",
+                    "worst vs oracle", "over tolerance", "unexplained", "sensitive (max)",
+                    "verdict"]
+
+
+def accuracy_rows(document: dict) -> list[list[str]]:
+    """One row per model checked on its test set (trained weights): accuracy parity."""
+    rows = []
+    for m in document["models"]:
+        if not (a := m["accuracy"]):
+            continue
+        scores = {p["path"]: p["accuracy"] for p in a["paths"]}
+        accuracy = (f"{next(iter(scores.values())):.2%} (all {len(scores)})"
+                    if len(set(scores.values())) == 1
+                    else ", ".join(f"{k} {v:.2%}" for k, v in scores.items()))
+        rows.append([m["name"], a["data"], str(a["samples"]), accuracy,
+                     f"{min(p['agreement'] for p in a['pairs']):.2%}",
+                     _e(max(p["max_abs_vs_oracle"] for p in a["paths"])),
+                     str(max(p["over_tolerance"] for p in a["paths"])),
+                     str(max(p["unexplained"] for p in a["paths"])),
+                     f"{a['sensitive_samples']} ({_e(a['max_sensitivity'])})",
+                     "pass" if a["passed"] else "FAIL"])
+    return rows
+
+
 def failures(document: dict, limit: int = 20) -> list[str]:
     """Failed comparisons, worst first, and where the twins part ways, as text lines."""
     lines = []
@@ -51,6 +76,16 @@ def failures(document: dict, limit: int = 20) -> list[str]:
                          f"{c['argmax_agreement']:.0%}")
         if len(failed) > limit:
             lines.append(f"{m['name']}: ... and {len(failed) - limit} more failed comparisons")
+        accuracy = m["accuracy"] or {"pairs": [], "paths": []}
+        for p in accuracy["pairs"]:
+            if p["disagreements"]:
+                lines.append(f"{m['name']}: {p['a']} and {p['b']} classify {p['disagreements']} "
+                             f"of {accuracy['samples']} test samples differently")
+        for p in accuracy["paths"]:
+            if p["unexplained"]:
+                lines.append(f"{m['name']}: {p['path']} is beyond the tolerance on "
+                             f"{p['unexplained']} test samples that are not sensitive enough "
+                             f"to explain it (max abs {_e(p['max_abs_vs_oracle'])})")
         if m["localisation"]:
             first = m["localisation"]["first_divergent"]
             lines.append(f"{m['name']}: the twins first diverge at layer {first}")
@@ -58,13 +93,16 @@ def failures(document: dict, limit: int = 20) -> list[str]:
 
 
 def markdown(document: dict) -> str:
-    s = document["summary"]
+    s, trained = document["summary"], document["settings"]["trained"]
     ran = [p["name"] for p in document["providers"] if p["ran"]]
     out = [f"# onnxtwin conformance: {'PASS' if s['passed'] else 'FAIL'}", "",
            f"{s['models']} models, {s['comparisons']} comparisons, {s['failed']} failed, "
            f"{s['seconds']:.1f} s. Providers that ran: {', '.join(ran)}. "
            f"Opset {document['settings']['opset']}, seed {document['settings']['seed']}.", "",
            _md_table(SUMMARY_COLUMNS, summary_rows(document)), ""]
+    if rows := accuracy_rows(document):
+        out += [f"## Accuracy on the test set (trained weights from {trained})", "",
+                _md_table(ACCURACY_COLUMNS, rows), ""]
     if not s["passed"]:
         out += ["## Failures", "", *(f"- {line}" for line in failures(document)), ""]
     out += ["## Latency (ms, batch {batch}, seq {seq})".format(**document["settings"]["timing"]),
@@ -84,6 +122,10 @@ def page(document: dict) -> str:
              f"<p>{s['models']} models, {s['comparisons']} comparisons, {s['failed']} failed, "
              f"{s['seconds']:.1f} s.</p>",
              "<h2>Summary</h2>", _html_table(SUMMARY_COLUMNS, summary_rows(document))]
+    if rows := accuracy_rows(document):
+        parts += [f"<h2>Accuracy on the test set (trained weights from "
+                  f"{html.escape(document['settings']['trained'])})</h2>",
+                  _html_table(ACCURACY_COLUMNS, rows)]
     if not s["passed"]:
         parts += ["<h2>Failures</h2><ul>", *(f"<li>{html.escape(x)}</li>"
                                              for x in failures(document)), "</ul>"]

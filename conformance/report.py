@@ -11,8 +11,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from onnxtwin.builders import build_twins
+from onnxtwin.builders import Twins, build_twins
+from onnxtwin.builders.datasets import Dataset, load_dataset
 from onnxtwin.builders.signature import ModelSpec
+from onnxtwin.builders.training import load_trained
 from onnxtwin.conformance.matrix import (
     MATRIX_BATCHES,
     MATRIX_SEQS,
@@ -45,6 +47,8 @@ class Report:
     ran_on: tuple[str, ...]
     models: tuple[ModelResult, ...]
     seconds: float
+    trained: str | None = None
+    """The folder of trained weights the models came from; None: random weights of `seed`."""
 
     @property
     def passed(self) -> bool:
@@ -59,7 +63,7 @@ class Report:
             "command": list(self.command),
             "versions": versions(),
             "machine": machine(),
-            "settings": {"seed": self.seed, "opset": self.opset,
+            "settings": {"seed": self.seed, "opset": self.opset, "trained": self.trained,
                          "batches": list(MATRIX_BATCHES), "seq_lengths": list(MATRIX_SEQS),
                          "timing": {"batch": TIMING_BATCH, "seq": TIMING_SEQ},
                          "tolerances": self.tolerances.to_dict()},
@@ -90,9 +94,11 @@ def check(specs: list[ModelSpec], out_dir: str | Path, providers: list[str] | No
           tolerances: Tolerances | None = None, opset: int = DEFAULT_OPSET, seed: int = 0,
           use_cache: bool = True, timing_runs: int = 20,
           on_model: Callable[[ModelSpec, int], Callable[[str], None]] = lambda *_: lambda _: None,
-          ) -> Report:
-    """Run the matrix for every spec (built with `seed`, torch initialisation) and collect it.
+          trained: str | Path | None = None) -> Report:
+    """Run the matrix for every spec and collect it.
 
+    The twins are built with `seed` (torch initialisation), or with `trained` they are
+    loaded from TRAINED/NAME (written by `onnxtwin train`) and checked on their test data.
     Exported files go to `out_dir`; write the reports with `write_reports`.
     """
     start = time.perf_counter()
@@ -100,14 +106,23 @@ def check(specs: list[ModelSpec], out_dir: str | Path, providers: list[str] | No
     tolerances = tolerances or Tolerances()
     results = []
     for spec in specs:
-        step = on_model(spec, step_count(spec) + 1)  # +1: building the twins
-        step(f"{spec.name}: building twins")
-        twins = build_twins(spec, seed=seed)
+        step = on_model(spec, step_count(spec, trained is not None) + 1)  # +1: building the twins
+        step(f"{spec.name}: " + ("loading trained twins and their data" if trained
+                                 else "building twins"))
+        twins, data = (_trained(Path(trained) / spec.name) if trained
+                       else (build_twins(spec, seed=seed), None))
         results.append(run_matrix(twins, out_dir, ran_on, tolerances, opset, seed, use_cache,
-                                  timing_runs, step))
+                                  timing_runs, step, data))
     return Report(datetime.now(UTC).isoformat(timespec="seconds"), tuple(sys.argv), seed, opset,
                   tolerances, tuple(probe_all()), tuple(ran_on), tuple(results),
-                  time.perf_counter() - start)
+                  time.perf_counter() - start, None if trained is None else str(trained))
+
+
+def _trained(folder: Path) -> tuple[Twins, Dataset]:
+    """Trained twins, and their dataset split and tokenized exactly as in training."""
+    trained = load_trained(folder)
+    return trained.twins, load_dataset(trained.data, seed=trained.seed,
+                                       tokenizer=trained.tokenizer)
 
 
 def versions() -> dict[str, str]:
@@ -138,4 +153,5 @@ def _model_dict(m: ModelResult) -> dict:
         "comparisons": [c.to_dict() for c in m.checks],
         "latency": [{"path": t.path, "seq": t.seq, **asdict(t.timing)} for t in m.latency],
         "localisation": None if m.localisation is None else asdict(m.localisation),
+        "accuracy": None if m.accuracy is None else m.accuracy.to_dict(),
     }

@@ -18,7 +18,8 @@ from onnxtwin.runtime.providers import (
 )
 from onnxtwin.runtime.session import Session, TensorInfo
 from onnxtwin.runtime.timing import Timing, measure
+from onnxtwin.runtime.tokenizer import Tokenizer
 
 __all__ = ["FLOAT32_ABS_TOLERANCE", "Comparison", "OnnxtwinError", "ProviderFallbackWarning",
-           "ProviderStatus", "Session", "TensorInfo", "Timing", "compare", "measure", "probe",
-           "providers", "usable_aliases"]
+           "ProviderStatus", "Session", "TensorInfo", "Timing", "Tokenizer", "compare", "measure",
+           "probe", "providers", "usable_aliases"]

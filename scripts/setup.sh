@@ -13,6 +13,19 @@ fi
 "$python" -c 'import sys; assert sys.version_info >= (3, 11), sys.version' \
     || { echo "error: onnxtwin needs Python >= 3.11, got $("$python" --version)" >&2; exit 2; }
 
+# Fashion-MNIST (for `onnxtwin train` and the tests) is Debian's dataset-fashion-mnist.
+if [[ ! -d /usr/share/datasets/fashion-mnist ]]; then
+    if command -v apt-get >/dev/null; then
+        as_root=(); [[ "$(id -u)" == 0 ]] || as_root=(sudo)
+        "${as_root[@]}" apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+            || { "${as_root[@]}" apt-get update -qq >/dev/null \
+                 && "${as_root[@]}" apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
+    else
+        echo "note: no apt-get here; set ONNXTWIN_FASHION_MNIST to a folder with the" \
+             "Fashion-MNIST idx .gz files to train the CNN" >&2
+    fi
+fi
+
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 # pip's "Location ... is ignored" lines come from this machine's mirror config: noise only.
 .venv/bin/python -m pip install --quiet --editable ".${1:+[$1]}" 2>&1 \

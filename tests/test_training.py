@@ -1,0 +1,210 @@
+"""Real data, the tokenizer, and training: learning happens and every path agrees afterwards."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import numpy as np
+import pytest
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+from onnxtwin.builders.datasets import bbc_news_texts, fashion_mnist, load_dataset
+from onnxtwin.builders.training import Recipe, load_trained, train
+from onnxtwin.conformance.accuracy import evaluate
+from onnxtwin.runtime import OnnxtwinError, Tokenizer
+from onnxtwin.runtime.tokenizer import PAD, UNKNOWN
+
+QUICK = Recipe(epochs=3, batch_size=16, learning_rate=2e-3)
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return fashion_mnist()
+
+
+@pytest.fixture(scope="module")
+def bbc():
+    return load_dataset("bbc-news", vocab=10000, seed=0)
+
+
+# --- tokenizer -------------------------------------------------------------------------------
+
+def test_tokenizer_ranks_by_frequency_and_pads_on_the_left():
+    texts = ["the cat sat on the mat", "The cat ran", "a dog ran, the dog sat"]
+    tok = Tokenizer.fit(texts, size=6, max_len=4, stop_words={"on"}, min_count=2)
+    # counts: the 3, cat 2, dog 2, ran 2, sat 2; "a" is one character, "on" a stop word
+    assert tok.vocabulary == ("the", "cat", "dog", "ran")
+    assert tok.size == 6
+    assert tok.encode(["The cat!", "sat the mat dog ran cat"]).tolist() == [
+        [PAD, PAD, 2, 3], [UNKNOWN, 2, UNKNOWN, 4]]  # the first max_len words are kept
+    assert tok.encode(["", "cat"], max_len=2).tolist() == [[PAD, PAD], [PAD, 3]]
+
+
+def test_tokenizer_round_trips_through_its_file(tmp_path, bbc):
+    path = bbc.tokenizer.save(tmp_path / "tokenizer.json")
+    again = Tokenizer.load(path)
+    assert again == bbc.tokenizer
+    assert np.array_equal(again.encode(bbc.texts_test[:20]), bbc.x_test[:20])
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("", "got an empty file"),
+    ("{not json", "expected an onnxtwin-tokenizer/1 JSON document, got JSONDecodeError"),
+    ('{"format": "other"}', "expected an onnxtwin-tokenizer/1 JSON document"),
+])
+def test_tokenizer_file_errors_are_one_line(tmp_path, content, message):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(content)
+    with pytest.raises(OnnxtwinError, match=message):
+        Tokenizer.load(path)
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+def test_fashion_mnist_is_the_full_debian_dataset(fashion):
+    assert fashion.x_train.shape == (60000, 1, 28, 28)
+    assert fashion.x_test.shape == (10000, 1, 28, 28)
+    assert fashion.x_train.dtype == np.float32
+    assert fashion.x_train.min() == 0.0 and fashion.x_train.max() == 1.0
+    assert np.bincount(fashion.y_train).tolist() == [6000] * 10
+    assert np.bincount(fashion.y_test).tolist() == [1000] * 10
+    assert fashion.classes[0] == "T-shirt/top" and fashion.classes[9] == "Ankle boot"
+
+
+def test_missing_fashion_mnist_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXTWIN_FASHION_MNIST", str(tmp_path))
+    with pytest.raises(OnnxtwinError, match="apt-get install dataset-fashion-mnist"):
+        fashion_mnist()
+
+
+def test_bbc_news_split_is_stratified_seeded_and_fitted_on_train_only(bbc):
+    texts, labels = bbc_news_texts()
+    assert len(texts) == 2225
+    assert bbc.classes == ("business", "entertainment", "politics", "sports", "tech")
+    assert len(bbc.y_train) == 1780 and len(bbc.y_test) == 445
+    full = np.bincount([bbc.classes.index(label) for label in labels])
+    assert np.abs(np.bincount(bbc.y_test) - full * 0.2).max() <= 1  # stratified
+    assert bbc.x_train.shape == (1780, 200) and bbc.x_train.dtype == np.int64
+    assert bbc.tokenizer.size <= 10000
+    again = load_dataset("bbc-news", seed=0)
+    assert again.texts_test == bbc.texts_test and again.tokenizer == bbc.tokenizer
+    assert load_dataset("bbc-news", seed=1).texts_test != bbc.texts_test
+    train_texts = list((collections.Counter(texts) - collections.Counter(bbc.texts_test))
+                       .elements())
+    assert len(train_texts) == 1780
+    refit = Tokenizer.fit(train_texts, 10000, 200, ENGLISH_STOP_WORDS)
+    assert refit == bbc.tokenizer  # the test split had no say in the vocabulary
+
+
+def test_real_inputs_follow_the_requested_shape(bbc, fashion, twins_of):
+    tokens = bbc.inputs(twins_of("lstm").spec, batch=3, seq=12, seed=5)["tokens"]
+    assert tokens.shape == (3, 12) and (tokens[:, -1] > 0).all()
+    assert np.array_equal(tokens, bbc.inputs(twins_of("lstm").spec, 3, 12, seed=5)["tokens"])
+    images = fashion.inputs(twins_of("cnn").spec, batch=2)["image"]
+    assert images.shape == (2, 1, 28, 28)
+
+
+def test_user_csv_and_npz_data(tmp_path):
+    rows = [("good fine great", "pos"), ("bad awful poor", "neg")] * 10
+    csv_path = tmp_path / "reviews.csv"
+    csv_path.write_text("text,label\n" + "\n".join(f"{t},{lab}" for t, lab in rows) + "\n")
+    reviews = load_dataset(str(csv_path), vocab=50)
+    assert reviews.classes == ("neg", "pos") and len(reviews.y_test) == 4
+    assert reviews.kind == "text"
+
+    npz = tmp_path / "digits.npz"
+    rng = np.random.default_rng(0)
+    np.savez(npz, images=rng.integers(0, 256, (30, 28, 28), dtype=np.uint8),
+             labels=np.repeat(["a", "b", "c"], 10))
+    digits = load_dataset(str(npz))
+    assert digits.x_train.shape == (24, 1, 28, 28) and digits.classes == ("a", "b", "c")
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("x.csv", "words,label\nhi,a\n", "expected columns text and label, got ['label', 'words']"),
+    ("x.csv", "text,label\nhi,a\nho,b\n", "expected at least 2 classes with 5 samples each"),
+    ("x.txt", "hello", "expected one of ['fashion-mnist', 'bbc-news'], a .npz of images or a "
+                       ".csv of texts, got"),
+])
+def test_bad_user_data_is_one_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(OnnxtwinError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_dataset(str(path))
+
+
+def test_images_outside_zero_one_are_refused(tmp_path):
+    npz = tmp_path / "bad.npz"
+    np.savez(npz, images=np.full((20, 28, 28), 3.0, np.float32), labels=np.arange(20) % 2)
+    with pytest.raises(OnnxtwinError, match=r"finite floats in \[0, 1\], got float32 in \[3.0"):
+        load_dataset(str(npz))
+
+
+def test_model_and_data_must_match(bbc, fashion):
+    with pytest.raises(OnnxtwinError, match=r"model 'cnn' \(cnn\): expected image data, got text"):
+        train("cnn", bbc, recipe=QUICK)
+    with pytest.raises(OnnxtwinError, match=r"model 'gru' \(rnn\): expected text data, got image"):
+        train("gru", fashion, recipe=QUICK)
+
+
+# --- training --------------------------------------------------------------------------------
+
+def agreement(trained, data):
+    """evaluate() on the twins alone (no export): torch and keras vs the oracle and each other."""
+    twins = trained.twins
+    return evaluate({"torch": lambda x: {"logits": twins.run_torch(x)},
+                     "keras": lambda x: {"logits": twins.run_keras_compiled(x)}},
+                    lambda x: {"logits": twins.run_oracle(x)},
+                    lambda x: {"logits": twins.run_oracle(x, jitter=0)}, data.x_test, data.y_test,
+                    twins.spec.signature.inputs[0].name, "logits", 1e-5, data.name)
+
+
+def test_cnn_learns_fashion_mnist_subset_and_twins_agree(fashion):
+    data = fashion.subset(600, 500, seed=0)
+    trained = train("cnn", data, recipe=QUICK, seed=0)
+    losses = [e.loss for e in trained.history]
+    assert losses[1] < losses[0] < np.log(10)  # chance-level cross-entropy is ln 10 = 2.30
+    result = agreement(trained, data)
+    assert all(p.accuracy >= 0.45 for p in result.paths), result  # chance: 10%
+    assert result.pairs[0].disagreements == 0 and result.passed, result
+
+
+def test_training_is_reproducible_from_the_seed(fashion):
+    data = fashion.subset(200, 100, seed=1)
+    recipe = Recipe(epochs=1, batch_size=50, learning_rate=1e-3)
+    first, second = (train("cnn", data, recipe=recipe, seed=3) for _ in range(2))
+    assert first.history[0].loss == second.history[0].loss
+    for name, value in first.twins.weights.items():
+        assert np.array_equal(value, second.twins.weights[name]), name
+
+
+def test_transformer_learns_bbc_subset_from_keras_and_twins_agree(bbc):
+    data = bbc.subset(400, 200, seed=0)
+    trained = train("transformer", data, framework="keras", recipe=QUICK, seed=0)
+    assert trained.twins.spec.classes == 5
+    assert trained.history[1].loss < trained.history[0].loss
+    result = agreement(trained, data)
+    assert all(p.accuracy >= 0.40 for p in result.paths), result  # chance: 20%
+    assert result.passed, result
+
+
+def test_trained_folder_round_trips(tmp_path, bbc):
+    data = bbc.subset(100, 50, seed=0)
+    trained = train("gru", data, recipe=Recipe(epochs=1, batch_size=50, learning_rate=1e-3))
+    trained.save(tmp_path / "gru")
+    assert sorted(p.name for p in (tmp_path / "gru").iterdir()) == [
+        "keras.weights.h5", "spec.json", "tokenizer.json", "torch.safetensors", "training.json"]
+    again = load_trained(tmp_path / "gru")
+    assert again.tokenizer == bbc.tokenizer and again.classes == bbc.classes
+    assert again.history == trained.history and again.data == "bbc-news"
+    x = data.inputs(again.twins.spec, 4, 30)
+    assert np.array_equal(again.twins.run_torch(x), trained.twins.run_torch(x))
+    record = json.loads((tmp_path / "gru" / "training.json").read_text())
+    assert record["recipe"]["epochs"] == 1 and record["framework"] == "torch"
+
+
+def test_missing_trained_folder_is_one_line(tmp_path):
+    with pytest.raises(OnnxtwinError, match=r"expected .*training.json \(written by `onnxtwin "
+                                            r"train`\), got no such file"):
+        load_trained(tmp_path / "cnn")
