@@ -31,6 +31,7 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
 TEST_FRACTION = 0.2
 TEXT_MAX_LEN = 200  # words kept per text for training (the first ones: headline and lead)
+TEXT_VOCAB = 10000  # ids, padding and unknown included: the built-in models' vocab
 
 
 @dataclass(frozen=True)
@@ -80,13 +81,15 @@ class Dataset:
                        x_test=self.x_test[te], y_test=self.y_test[te], texts_test=texts)
 
 
-def load_dataset(source: str, vocab: int = 10000, seed: int = 0,
+def load_dataset(source: str, vocab: int | None = None, seed: int = 0,
                  tokenizer: Tokenizer | None = None) -> Dataset:
     """A built-in dataset by name, or the user's .npz / .csv file.
 
     Text data is tokenized with `tokenizer` if given (to reproduce a trained model's
-    inputs), else with one fitted on the training split with at most `vocab` ids.
+    inputs), else with one fitted on the training split with at most `vocab` ids
+    (default TEXT_VOCAB).
     """
+    vocab = vocab or TEXT_VOCAB
     if source == "fashion-mnist":
         return fashion_mnist()
     if source == "bbc-news":

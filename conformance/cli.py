@@ -23,7 +23,7 @@ console = Console(width=None if sys.stdout.isatty() else 120)  # logs: no trunca
 errors = Console(stderr=True)
 
 SpecOption = Annotated[Path | None, typer.Option(
-    "--spec", help="TOML file of extra model variants ([models.NAME] tables).")]
+    "--spec", help="TOML file of extra model variants (\\[models.NAME] tables).")]
 
 
 class Source(StrEnum):
@@ -261,7 +261,8 @@ def train(
              "text and label columns. Default: fashion-mnist for the CNN, bbc-news otherwise.")
     ] = None,
     limit: Annotated[int | None, typer.Option(
-        min=10, help="Use at most this many training and test samples (stratified).")] = None,
+        min=10, help="Train on at most this many samples (stratified), for a quick run; the "
+                     "check still uses the whole test set.")] = None,
     spec: SpecOption = None,
     provider: Annotated[str | None, typer.Option(
         help="Comma-separated providers for the check, e.g. cpu. Default: every usable one.")
@@ -290,9 +291,9 @@ def train(
                TimeElapsedColumn())
     for s in selected:
         source = data or default_data(s)
-        dataset = load_dataset(source, vocab=getattr(s, "vocab", 0), seed=seed)
+        dataset = load_dataset(source, vocab=getattr(s, "vocab", None), seed=seed)
         if limit:
-            dataset = dataset.subset(limit, limit, seed)
+            dataset = dataset.subset(limit, len(dataset.y_test), seed)
         recipe = RECIPES[dataset.kind]
         if epochs:
             recipe = replace(recipe, epochs=epochs)

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import collections
 import json
+import subprocess
+import sys
+from importlib.resources import files
 
+import jsonschema
 import numpy as np
 import pytest
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+from onnxtwin.builders import BUILTIN
 from onnxtwin.builders.datasets import bbc_news_texts, fashion_mnist, load_dataset
 from onnxtwin.builders.training import Recipe, load_trained, train
 from onnxtwin.conformance.accuracy import evaluate
 from onnxtwin.runtime import OnnxtwinError, Tokenizer
 from onnxtwin.runtime.tokenizer import PAD, UNKNOWN
 
+SCHEMA = json.loads(files("onnxtwin.conformance").joinpath("report.schema.json").read_text())
 QUICK = Recipe(epochs=3, batch_size=16, learning_rate=2e-3)
 
 
@@ -120,6 +126,11 @@ def test_user_csv_and_npz_data(tmp_path):
     digits = load_dataset(str(npz))
     assert digits.x_train.shape == (24, 1, 28, 28) and digits.classes == ("a", "b", "c")
 
+    one_epoch = Recipe(epochs=1, batch_size=8, learning_rate=1e-3)
+    assert train("cnn", digits, recipe=one_epoch).twins.spec.classes == 3
+    trained = train("transformer", reviews, framework="keras", recipe=one_epoch)
+    assert trained.twins.spec.classes == 2 and trained.tokenizer == reviews.tokenizer
+
 
 @pytest.mark.parametrize(("name", "content", "message"), [
     ("x.csv", "words,label\nhi,a\n", "expected columns text and label, got ['label', 'words']"),
@@ -179,6 +190,16 @@ def test_training_is_reproducible_from_the_seed(fashion):
         assert np.array_equal(value, second.twins.weights[name]), name
 
 
+def test_keras_training_is_reproducible_from_the_seed(bbc):
+    data = bbc.subset(100, 20, seed=1)
+    recipe = Recipe(epochs=1, batch_size=25, learning_rate=1e-3, word_dropout=0.4)
+    first, second = (train("gru", data, framework="keras", recipe=recipe, seed=3)
+                     for _ in range(2))
+    assert first.history[0].loss == second.history[0].loss
+    for name, value in first.twins.weights.items():
+        assert np.array_equal(value, second.twins.weights[name]), name
+
+
 def test_transformer_learns_bbc_subset_from_keras_and_twins_agree(bbc):
     data = bbc.subset(400, 200, seed=0)
     trained = train("transformer", data, framework="keras", recipe=QUICK, seed=0)
@@ -208,3 +229,65 @@ def test_missing_trained_folder_is_one_line(tmp_path):
     with pytest.raises(OnnxtwinError, match=r"expected .*training.json \(written by `onnxtwin "
                                             r"train`\), got no such file"):
         load_trained(tmp_path / "cnn")
+
+
+# --- the command line ------------------------------------------------------------------------
+
+def onnxtwin(*args: str, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from onnxtwin.conformance.cli import main; "
+                           "main()", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)
+
+
+def test_train_command_writes_trained_twins_and_an_accuracy_report(tmp_path):
+    result = onnxtwin("train", "-m", "lstm", "--limit", "200", "--epochs", "3", "--out",
+                      str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "epoch 3/3: loss" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "lstm").iterdir()) == [
+        "keras.weights.h5", "spec.json", "tokenizer.json", "torch.safetensors", "training.json"]
+    document = json.loads((tmp_path / "report.json").read_text())
+    jsonschema.validate(document, SCHEMA)
+    assert document["settings"]["trained"] == str(tmp_path)
+    accuracy = document["models"][0]["accuracy"]
+    assert accuracy["samples"] == 445  # the whole BBC test split, not the 200 of --limit
+    assert len(accuracy["paths"]) == 4 and len({p["accuracy"] for p in accuracy["paths"]}) == 1
+    assert all(p["agreement"] == 1.0 for p in accuracy["pairs"]) and accuracy["passed"]
+    assert "## Accuracy on the test set" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["check", "--trained", "nowhere", "-m", "gru"],
+     "error: trained model: expected nowhere/gru/training.json (written by `onnxtwin train`), "
+     "got no such file"),
+    (["train", "-m", "cnn", "--data", "bbc-news"],
+     "error: model 'cnn' (cnn): expected image data, got text (bbc-news)"),
+    (["train", "-m", "gru", "--data", "reviews.txt"],
+     "error: data: expected one of ['fashion-mnist', 'bbc-news'], a .npz of images or a .csv"),
+])
+def test_train_and_check_trained_usage_errors(tmp_path, args, message):
+    result = onnxtwin(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_default_training_reaches_the_accuracy_targets_with_every_path_agreeing(tmp_path,
+                                                                               framework):
+    """`onnxtwin train` on the full data: CNN >= 89% on Fashion-MNIST, the text models
+    >= 90% on BBC News (Keras: the CNN and the GRU), every path agreeing on every sample."""
+    models = [s.name for s in BUILTIN] if framework == "torch" else ["cnn", "gru"]
+    result = onnxtwin("train", "--framework", framework, *(a for m in models for a in ("-m", m)),
+                      "--out", str(tmp_path), timeout=3000)
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads((tmp_path / "report.json").read_text())
+    for m in document["models"]:
+        accuracy = m["accuracy"]
+        target = 0.89 if m["family"] == "cnn" else 0.90
+        assert len({p["accuracy"] for p in accuracy["paths"]}) == 1  # to the last sample
+        assert min(p["accuracy"] for p in accuracy["paths"]) >= target, (m["name"], accuracy)
+        assert all(p["disagreements"] == 0 for p in accuracy["pairs"]), (m["name"], accuracy)
+        assert m["passed"], (m["name"], accuracy)
