@@ -68,6 +68,8 @@ class Trained:
     framework: str
     recipe: Recipe
     history: tuple[Epoch, ...]
+    samples: int
+    """Training samples used (all of the split, or a subset)."""
     tokenizer: Tokenizer | None = None
 
     def save(self, folder: str | Path) -> Path:
@@ -76,7 +78,8 @@ class Trained:
         if self.tokenizer:
             self.tokenizer.save(folder / TOKENIZER_FILE)
         record = {"data": self.data, "classes": list(self.classes), "seed": self.seed,
-                  "framework": self.framework, "recipe": asdict(self.recipe),
+                  "framework": self.framework, "samples": self.samples,
+                  "recipe": asdict(self.recipe),
                   "history": [asdict(e) for e in self.history]}
         with atomic_path(folder / TRAINING_FILE) as tmp:
             tmp.write_text(json.dumps(record, indent=2) + "\n")
@@ -91,15 +94,15 @@ def load_trained(folder: str | Path) -> Trained:
                             f"`onnxtwin train`), got no such file")
     try:
         record = json.loads((folder / TRAINING_FILE).read_text())
-        history = tuple(Epoch(**e) for e in record["history"])
-        recipe = Recipe(**record["recipe"])
+        fields = (record["data"], tuple(record["classes"]), int(record["seed"]),
+                  record["framework"], Recipe(**record["recipe"]),
+                  tuple(Epoch(**e) for e in record["history"]), int(record["samples"]))
     except (ValueError, KeyError, TypeError) as e:
         raise OnnxtwinError(f"{folder / TRAINING_FILE}: expected a training record, got "
                             f"{type(e).__name__}: {e}") from None
     tokenizer = (Tokenizer.load(folder / TOKENIZER_FILE)
                  if (folder / TOKENIZER_FILE).exists() else None)
-    return Trained(load_twins(folder), record["data"], tuple(record["classes"]), record["seed"],
-                   record["framework"], recipe, history, tokenizer)
+    return Trained(load_twins(folder), *fields, tokenizer)
 
 
 def spec_for(model: str | ModelSpec, data: Dataset) -> ModelSpec:
@@ -137,7 +140,7 @@ def train(model: str | ModelSpec, data: Dataset, framework: str = "torch",
     fit = _fit_torch if framework == "torch" else _fit_keras
     twins, history = fit(spec, data, recipe, seed, on_batch, on_epoch)
     return Trained(twins, data.name, data.classes, seed, framework, recipe, tuple(history),
-                   data.tokenizer)
+                   len(data.y_train), data.tokenizer)
 
 
 def epoch_inputs(data: Dataset, recipe: Recipe, rng: np.random.Generator) -> np.ndarray:

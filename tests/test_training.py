@@ -291,3 +291,11 @@ def test_default_training_reaches_the_accuracy_targets_with_every_path_agreeing(
         assert min(p["accuracy"] for p in accuracy["paths"]) >= target, (m["name"], accuracy)
         assert all(p["disagreements"] == 0 for p in accuracy["pairs"]), (m["name"], accuracy)
         assert m["passed"], (m["name"], accuracy)
+
+
+def test_corrupt_training_record_is_one_line(tmp_path):
+    (tmp_path / "gru").mkdir()
+    (tmp_path / "gru" / "training.json").write_text('{"data": "bbc-news"}')
+    with pytest.raises(OnnxtwinError, match=r"training.json: expected a training record, got "
+                                            r"KeyError: 'classes'"):
+        load_trained(tmp_path / "gru")
