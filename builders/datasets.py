@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxtwin.builders.inputs import has_seq
 from onnxtwin.runtime.arrays import load_arrays
 from onnxtwin.runtime.errors import OnnxtwinError
 from onnxtwin.runtime.files import existing_file
@@ -49,7 +50,7 @@ class Dataset:
 
     @property
     def kind(self) -> str:
-        return "text" if self.tokenizer else "images"
+        return "images" if self.tokenizer is None else "text"
 
     def inputs(self, spec, batch: int, seq: int | None = None,
                seed: int = 0) -> dict[str, np.ndarray]:
@@ -105,7 +106,7 @@ def load_dataset(source: str, vocab: int | None = None, seed: int = 0,
 
 def default_data(spec) -> str:
     """bbc-news for models that read tokens, fashion-mnist for image models."""
-    return "bbc-news" if any(t.vocab for t in spec.signature.inputs) else "fashion-mnist"
+    return "bbc-news" if has_seq(spec) else "fashion-mnist"
 
 
 def fashion_mnist() -> Dataset:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxtwin.builders.datasets import Dataset
+from onnxtwin.builders.inputs import has_seq
 from onnxtwin.builders.registry import get_spec
 from onnxtwin.builders.signature import ModelSpec
 from onnxtwin.builders.twins import Twins, from_keras, from_weights, load_twins
@@ -108,19 +109,17 @@ def load_trained(folder: str | Path) -> Trained:
 def spec_for(model: str | ModelSpec, data: Dataset) -> ModelSpec:
     """The model's spec with one output per class, checked against the data's inputs."""
     spec = model if isinstance(model, ModelSpec) else get_spec(model)
-    token_model = getattr(spec, "vocab", None) is not None
-    if token_model != (data.kind == "text"):
+    tokens, expected = has_seq(spec), spec.signature.inputs[0]
+    if tokens != (data.kind == "text"):
         raise OnnxtwinError(f"model {spec.name!r} ({spec.family}): expected "
-                            f"{'text' if token_model else 'image'} data, got {data.kind} "
+                            f"{'text' if tokens else 'image'} data, got {data.kind} "
                             f"({data.name})")
-    if token_model and data.tokenizer.size > spec.vocab:
+    if tokens and data.tokenizer.size > expected.vocab:
         raise OnnxtwinError(f"model {spec.name!r}: expected a tokenizer of at most vocab="
-                            f"{spec.vocab} ids, got {data.tokenizer.size}")
-    if not token_model:
-        expected = (spec.in_channels, spec.image_size, spec.image_size)
-        if tuple(data.x_train.shape[1:]) != expected:
-            raise OnnxtwinError(f"model {spec.name!r}: expected images of shape "
-                                f"{list(expected)}, got {list(data.x_train.shape[1:])}")
+                            f"{expected.vocab} ids, got {data.tokenizer.size}")
+    if not tokens and tuple(data.x_train.shape[1:]) != tuple(expected.shape[1:]):
+        raise OnnxtwinError(f"model {spec.name!r}: expected images of shape "
+                            f"{list(expected.shape[1:])}, got {list(data.x_train.shape[1:])}")
     return replace(spec, classes=len(data.classes))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from dataclasses import asdict, replace
 from enum import StrEnum
@@ -291,7 +292,7 @@ def train(
                TimeElapsedColumn())
     for s in selected:
         source = data or default_data(s)
-        dataset = load_dataset(source, vocab=getattr(s, "vocab", None), seed=seed)
+        dataset = load_dataset(source, vocab=s.signature.inputs[0].vocab, seed=seed)
         if limit:
             dataset = dataset.subset(limit, len(dataset.y_test), seed)
         recipe = RECIPES[dataset.kind]
@@ -367,7 +368,12 @@ def run(
 
 
 def main() -> None:
-    """Entry point: user errors print one line and exit 2, never a traceback."""
+    """Entry point: user errors print one line and exit 2, never a traceback.
+
+    SIGTERM exits like Ctrl-C (143) through the `finally` blocks, so temporary files of
+    unfinished writes are removed and the files they would have replaced stay intact.
+    """
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         app()
     except OnnxtwinError as e:

@@ -16,17 +16,40 @@ from onnxtwin.runtime.errors import OnnxtwinError
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
 
-    The temporary name ends with the final name, so writers that insist on a suffix
-    (Keras wants `.weights.h5`) accept it.
+    The temporary name carries the writer's pid and ends with the final name, so writers
+    that insist on a suffix (Keras wants `.weights.h5`) accept it. A process killed with
+    SIGKILL cannot remove its temporary file; the next write into the folder does.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".tmp-{secrets.token_hex(4)}-{target.name}")
+    remove_stale_temporaries(target.parent)
+    tmp = target.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{target.name}")
     try:
         yield tmp
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files in `folder` whose writing process no longer runs."""
+    removed = []
+    for tmp in folder.glob(".tmp-*-*-*"):
+        pid = tmp.name.split("-")[1]
+        if pid.isdigit() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def existing_file(path: Path, what: str) -> Path:

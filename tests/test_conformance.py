@@ -97,6 +97,26 @@ def test_html_is_self_contained_with_both_plots_and_markdown_has_the_summary(che
     assert f"| gru | 4 | 80 | {worst:.2e} |" in md
 
 
+TIMINGS = {"created", "seconds", "latency", "cache_hit"}
+
+
+def without_timings(value):
+    """A report with every wall-clock figure (and the cache hits that change them) removed."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMINGS}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def test_two_checks_with_the_same_arguments_report_the_same_apart_from_timings(checked,
+                                                                             tmp_path):
+    _, first, _ = checked
+    second = check([get_spec("cnn"), get_spec("gru")], tmp_path, timing_runs=3).to_dict()
+    assert first["models"][0]["latency"] != second["models"][0]["latency"]  # timings do vary
+    assert without_timings(second) == without_timings(first)
+
+
 def test_a_planted_mapping_error_fails_with_exit_1_and_names_the_layer(tmp_path, monkeypatch):
     correct = CnnSpec.layer_maps
 
