@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onnxtwin.runtime.errors import OnnxtwinError
-from onnxtwin.runtime.files import atomic_path
+from onnxtwin.runtime.files import atomic_path, folder_lock
 
 app = typer.Typer(
     help="Build a model twice (PyTorch and Keras) with the same weights, and prove they agree.",
@@ -201,6 +201,7 @@ def check(
         summary_rows,
         write_reports,
     )
+    from onnxtwin.conformance.report import select_providers
     from onnxtwin.conformance.tolerances import load_tolerances
     from onnxtwin.export import FRAMEWORKS, check_request
 
@@ -210,19 +211,20 @@ def check(
     if tolerance is not None:
         tolerances = tolerances.with_default("float32", tolerance)
     selected = _selected_specs(model, spec)
-    providers = provider.split(",") if provider else None
+    providers = select_providers(provider.split(",") if provider else None)
     shown = errors if json_out else console
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    with Progress(*columns, console=shown, transient=shown.is_terminal) as progress:
+    with folder_lock(out), Progress(*columns, console=shown,
+                                    transient=shown.is_terminal) as progress:
         def on_model(s, steps):
             task = progress.add_task(s.name, total=steps)
             return lambda text: progress.update(task, advance=1, description=text)
 
         report = run_check(selected, out, providers, tolerances, opset, seed, cache,
                            on_model=on_model, trained=trained)
-    document = report.to_dict()
-    write_reports(document, out)
+        document = report.to_dict()
+        write_reports(document, out)
     if json_out:
         print(json.dumps(document, indent=2))
     else:
@@ -279,17 +281,25 @@ def train(
     files. Exit 1 if any path disagrees with another on one test sample or any logit
     differs by more than the tolerance.
     """
+    from onnxtwin.conformance.report import select_providers
+
+    selected = _selected_specs(model, spec)
+    select_providers(provider.split(",") if provider else None)  # refuse early, not after hours
+    with folder_lock(out):
+        _train_each(selected, data, limit, epochs, framework.value, seed, out)
+        console.print(f"wrote {len(selected)} trained model(s) to {out}/; checking them")
+        check(model=[s.name for s in selected] if model else None, spec=spec,
+              provider=provider, out=out, trained=out, seed=seed)
+
+
+def _train_each(selected, data, limit, epochs, framework, seed, out) -> None:
+    """Train every selected model on its data and save it to OUT/NAME, with progress."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from onnxtwin.builders.datasets import default_data, load_dataset
     from onnxtwin.builders.training import RECIPES
     from onnxtwin.builders.training import train as train_twins
-    from onnxtwin.conformance.report import select_providers
 
-    selected = _selected_specs(model, spec)
-    select_providers(provider.split(",") if provider else None)  # refuse early, not after hours
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
     for s in selected:
         source = data or default_data(s)
         dataset = load_dataset(source, vocab=s.signature.inputs[0].vocab, seed=seed)
@@ -298,10 +308,11 @@ def train(
         recipe = RECIPES[dataset.kind]
         if epochs:
             recipe = replace(recipe, epochs=epochs)
-        console.print(f"[bold]{s.name}[/]: training the {framework.value} twin on {dataset.name} "
+        console.print(f"[bold]{s.name}[/]: training the {framework} twin on {dataset.name} "
                       f"({len(dataset.y_train)} train / {len(dataset.y_test)} test samples, "
                       f"{len(dataset.classes)} classes), {recipe.epochs} epochs")
-        with Progress(*columns, console=console, transient=True) as progress:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=True) as progress:
             task = progress.add_task(f"{s.name} epoch 1", total=None)
 
             def on_batch(done, total, task=task):
@@ -313,11 +324,8 @@ def train(
                                        highlight=False)
                 progress.update(task, description=f"{s.name} epoch {e.epoch + 1}", completed=0)
 
-            trained = train_twins(s, dataset, framework.value, recipe, seed, on_batch, on_epoch)
+            trained = train_twins(s, dataset, framework, recipe, seed, on_batch, on_epoch)
         trained.save(out / s.name)
-    console.print(f"wrote {len(selected)} trained model(s) to {out}/; checking them")
-    check(model=[s.name for s in selected] if model else None, spec=spec, provider=provider,
-          out=out, trained=out, seed=seed)
 
 
 @app.command()
@@ -378,4 +386,8 @@ def main() -> None:
         app()
     except OnnxtwinError as e:
         errors.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as e:  # a folder or file the user named cannot be made, read or written
+        errors.print(f"error: {e.filename}: expected a path onnxtwin can read or write, got "
+                     f"{e.strerror}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -125,6 +125,19 @@ def _trained(folder: Path) -> tuple[Twins, Dataset]:
                                        tokenizer=trained.tokenizer)
 
 
+TIMINGS = frozenset({"created", "seconds", "latency", "cache_hit"})
+
+
+def without_timings(value):
+    """report.json without its wall-clock figures (and cache hits, which change them): what
+    two runs with the same arguments must share, to the last bit."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMINGS}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
 def versions() -> dict[str, str]:
     """Python and every installed tool of REPORTED_TOOLS."""
     installed = {k: v for k, v in tool_versions(REPORTED_TOOLS).items() if v != "absent"}

@@ -3,6 +3,7 @@ and one check of the files a user names."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 from collections.abc import Iterator
@@ -29,6 +30,35 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+LOCK_FILE = ".onnxtwin.lock"
+_held: set[Path] = set()
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold `folder` for one writing process: a second one fails at once, in one line.
+
+    An advisory lock (flock) on FOLDER/.onnxtwin.lock, released when the process ends
+    however it ends; re-entrant within a process.
+    """
+    folder = Path(folder).resolve()
+    if folder in _held:
+        yield folder
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / LOCK_FILE).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OnnxtwinError(f"output folder {folder}: expected no other onnxtwin process "
+                                f"writing into it, got one holding {LOCK_FILE}") from None
+        _held.add(folder)
+        try:
+            yield folder
+        finally:
+            _held.discard(folder)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -20,6 +20,7 @@ OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64",
               "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32",
               "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+MAX_MODEL_BYTES = 2**31  # a protobuf message cannot be larger: such a file is never a model
 SIGNATURE_KEY = "onnxtwin.signature"
 """metadata_props key under which an export stamps its signature (JSON, with token vocab)."""
 
@@ -132,7 +133,11 @@ class Session:
 
 def _create(ort: Any, path: Path, options: Any, providers: list[str]) -> Any:
     """InferenceSession on a checked path; any onnxruntime failure becomes one line."""
-    existing_file(path, "an ONNX model file")
+    size = existing_file(path, "an ONNX model file").stat().st_size
+    if size > MAX_MODEL_BYTES:
+        raise OnnxtwinError(f"{path}: expected a single-file ONNX model of at most 2 GiB "
+                            f"(protobuf's limit; larger models keep weights as external "
+                            f"data), got {size} bytes")
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as e:  # onnxruntime raises its own pybind types

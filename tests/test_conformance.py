@@ -17,6 +17,7 @@ from onnxtwin.builders import BUILTIN, get_spec, layers
 from onnxtwin.builders.cnn import CnnSpec
 from onnxtwin.conformance import Tolerances, check, load_tolerances, write_reports
 from onnxtwin.conformance.cli import app
+from onnxtwin.conformance.report import without_timings
 from onnxtwin.runtime import FLOAT32_ABS_TOLERANCE, OnnxtwinError, probe
 
 SCHEMA = json.loads(files("onnxtwin.conformance").joinpath("report.schema.json").read_text())
@@ -95,18 +96,6 @@ def test_html_is_self_contained_with_both_plots_and_markdown_has_the_summary(che
     gru = next(m for m in document["models"] if m["name"] == "gru")
     worst = max(c["max_abs"] for c in gru["comparisons"] if c["expected"] == "oracle")
     assert f"| gru | 4 | 80 | {worst:.2e} |" in md
-
-
-TIMINGS = {"created", "seconds", "latency", "cache_hit"}
-
-
-def without_timings(value):
-    """A report with every wall-clock figure (and the cache hits that change them) removed."""
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if k not in TIMINGS}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 def test_two_checks_with_the_same_arguments_report_the_same_apart_from_timings(checked,

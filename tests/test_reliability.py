@@ -1,16 +1,21 @@
-"""Interrupted writes: a process killed mid-export leaves the previous file and no temporary."""
+"""Interrupted writes, and files that are not models: each ends in one line, nothing partial."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from onnxtwin.runtime.files import atomic_path
+from onnxtwin.builders.weights import read_weights
+from onnxtwin.conformance.report import without_timings
+from onnxtwin.runtime import OnnxtwinError, Session
+from onnxtwin.runtime.files import atomic_path, folder_lock
 
 CLI = [sys.executable, "-c", "from onnxtwin.conformance.cli import main; main()"]
 PREVIOUS = b"the previous export"
@@ -55,3 +60,104 @@ def test_a_live_writers_temporary_is_left_alone(tmp_path):
             second.write_text("b")
         assert first.read_text() == "being written"  # same (live) pid: not stale
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+
+
+# --- files that are not models ------------------------------------------------------------------
+
+def tiny_model(path: Path, node: str = "Relu", opset: int = 18, initializers=()) -> Path:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    inputs = ["x", *(i.name for i in initializers)]
+    graph = helper.make_graph([helper.make_node(node, inputs, ["y"])], "g", [x], [y],
+                              list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def external_weight(location: str):
+    from onnx import TensorProto, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros(4, np.float32), "w")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "16")):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    return w
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda d: tiny_model(d / "m.onnx", node="NoSuchOp"), "No Op registered for NoSuchOp"),
+    (lambda d: tiny_model(d / "m.onnx", opset=99), "Opset 99 is under development"),
+    (lambda d: tiny_model(d / "model" / "m.onnx", node="Add",
+                          initializers=[external_weight("../secret.bin")]),
+     "External data path escapes model directory"),
+])
+def test_models_onnxruntime_cannot_or_must_not_load_are_one_line(tmp_path, make, message):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "secret.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    path = make(tmp_path)
+    with pytest.raises(OnnxtwinError, match="expected an ONNX model onnxruntime can load, got: "
+                                            ".*" + message) as caught:
+        Session(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_oversized_file_is_refused_before_onnxruntime_reads_it(tmp_path):
+    path = tmp_path / "huge.onnx"
+    with path.open("wb") as f:  # sparse: no disk is used
+        f.truncate(2**31 + 1)
+    with pytest.raises(OnnxtwinError, match=r"expected a single-file ONNX model of at most "
+                                            r"2 GiB .*, got 2147483649 bytes"):
+        Session(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 7, b"\xff" * 64, b"{\"a\": 1}"])
+def test_corrupt_weight_files_are_one_line(tmp_path, content):
+    path = tmp_path / "torch.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(OnnxtwinError, match=r"expected .*safetensors file") as caught:
+        read_weights(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_unwritable_output_folder_is_one_line_with_exit_2(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    result = subprocess.run([*CLI, "build", "-m", "cnn", "--out", str(tmp_path / "file" / "out")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'file' / 'out'}")
+    assert lines[0].endswith(": expected a path onnxtwin can read or write, got Not a directory")
+
+
+# --- two processes ----------------------------------------------------------------------------
+
+def test_a_second_writer_into_a_held_folder_fails_at_once_in_one_line(tmp_path):
+    with folder_lock(tmp_path / "out"):
+        result = subprocess.run([*CLI, "check", "-m", "cnn", "--out", str(tmp_path / "out")],
+                                capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: output folder {tmp_path / 'out'}: expected no other onnxtwin "
+                     "process writing into it, got one holding .onnxtwin.lock"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".onnxtwin.lock"]
+
+
+def test_two_checks_into_different_folders_at_once_do_not_interfere(tmp_path):
+    runs = [subprocess.Popen([*CLI, "check", "-m", "cnn", "--out", str(tmp_path / name)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for name in ("a", "b")]
+    for run in runs:
+        _, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stderr
+    a, b = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("a", "b"))
+    assert a["command"] != b["command"]  # --out differs, nothing else
+    assert without_timings({**a, "command": None}) == without_timings({**b, "command": None})
+    assert (tmp_path / "a" / "cnn.torch.onnx").read_bytes() == \
+        (tmp_path / "b" / "cnn.torch.onnx").read_bytes()
