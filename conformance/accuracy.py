@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from onnxtwin.runtime.metrics import json_ready
+
 EVAL_BATCH = 250
 CONDITIONING_FACTOR = 4.0
 
@@ -67,7 +69,9 @@ class AccuracyResult:
                 and all(p.unexplained == 0 for p in self.paths))
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "passed": self.passed}
+        return {**json_ready(asdict(self)), "passed": self.passed,
+                "paths": [json_ready(asdict(p)) for p in self.paths],
+                "pairs": [json_ready(asdict(p)) for p in self.pairs]}
 
 
 def evaluate(runners: dict[str, Runner], oracle: Runner, jittered_oracle: Runner,

@@ -25,6 +25,7 @@ from onnxtwin.conformance.localise import Localisation, localise
 from onnxtwin.conformance.tolerances import Tolerances
 from onnxtwin.export import FRAMEWORKS, ExportResult, export_model, graph_differences
 from onnxtwin.runtime import Comparison, Session, Timing, compare, measure
+from onnxtwin.runtime.metrics import json_ready
 
 MATRIX_BATCHES = (1, 7)
 MATRIX_SEQS = (1, 12, 50, 256)
@@ -65,7 +66,7 @@ class Check:
 
     def to_dict(self) -> dict:
         return {**{k: v for k, v in asdict(self).items() if k != "metrics"},
-                **_finite(asdict(self.metrics)), "passed": self.passed}
+                **json_ready(asdict(self.metrics)), "passed": self.passed}
 
 
 @dataclass(frozen=True)
@@ -204,8 +205,3 @@ def _localise_if_twins_differ(twins: Twins, checks: list[Check], tolerances: Tol
     x = inputs(twins.spec, failing.batch, failing.seq, seed=seed)
     return localise(twins, x, failing.tolerance)
 
-
-def _finite(values: dict) -> dict:
-    """JSON has no Infinity: non-finite floats become None."""
-    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-            for k, v in values.items()}

@@ -56,7 +56,7 @@ def accuracy_rows(document: dict) -> list[list[str]]:
                     else ", ".join(f"{k} {v:.2%}" for k, v in scores.items()))
         rows.append([m["name"], a["data"], str(a["samples"]), accuracy,
                      f"{min(p['agreement'] for p in a['pairs']):.2%}",
-                     _e(max(p["max_abs_vs_oracle"] for p in a["paths"])),
+                     _worst([{"max_abs": p["max_abs_vs_oracle"]} for p in a["paths"]]),
                      str(max(p["over_tolerance"] for p in a["paths"])),
                      str(max(p["unexplained"] for p in a["paths"])),
                      f"{a['sensitive_samples']} ({_e(a['max_sensitivity'])})",

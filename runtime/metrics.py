@@ -41,3 +41,9 @@ def compare(actual: np.ndarray, expected: np.ndarray) -> Comparison:
     scale = float(np.abs(e).max())
     agree = float(np.mean(a.argmax(-1) == e.argmax(-1)))
     return Comparison(diff, diff / scale if scale > 0 else diff, agree, 0)
+
+
+def json_ready(values: dict) -> dict:
+    """JSON has no Infinity or NaN: non-finite float values become None."""
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+            for k, v in values.items()}

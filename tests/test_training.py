@@ -299,3 +299,33 @@ def test_corrupt_training_record_is_one_line(tmp_path):
     with pytest.raises(OnnxtwinError, match=r"training.json: expected a training record, got "
                                             r"KeyError: 'classes'"):
         load_trained(tmp_path / "gru")
+
+
+def test_accuracy_verdict_counts_errors_sensitivity_and_disagreements():
+    y = np.array([0, 1, 1, 0])
+    truth = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 0.5]])
+    jitter = truth + np.array([[0], [0], [5e-6], [0]])  # sample 2 is sensitive: 5e-6
+    shifted = {"exact": truth,
+               "sensitive": truth + np.array([[0], [0], [1.5e-5], [0]]),  # 1.5e-5 <= 4 x 5e-6
+               "off": truth + np.array([[2e-5], [0], [0], [0]]),  # unexplained
+               "flip": np.vstack([truth[:3], [[0.0, 1.5]]]),  # sample 3 now predicts 1
+               "nan": np.where(np.arange(2) == 0, np.nan, truth)}
+
+    def runner(a):
+        return lambda x: {"logits": a[x["x"]]}
+
+    rows = np.arange(4)
+    result = evaluate({k: runner(v) for k, v in shifted.items()}, runner(truth), runner(jitter),
+                      rows, y, "x", "logits", 1e-5, "synthetic", batch=3)
+    paths = {p.path: p for p in result.paths}
+    assert result.sensitive_samples == 1 and result.max_sensitivity == pytest.approx(5e-6)
+    assert (paths["exact"].over_tolerance, paths["exact"].unexplained) == (0, 0)
+    assert (paths["sensitive"].over_tolerance, paths["sensitive"].unexplained) == (1, 0)
+    assert (paths["off"].over_tolerance, paths["off"].unexplained) == (1, 1)
+    assert paths["flip"].accuracy == 0.75 and paths["exact"].accuracy == 1.0
+    assert paths["nan"].unexplained == 4 and paths["nan"].max_abs_vs_oracle == np.inf
+    pairs = {(p.a, p.b): p for p in result.pairs}
+    assert pairs["exact", "flip"].disagreements == 1 and pairs["exact", "flip"].agreement == 0.75
+    assert not result.passed
+    document = json.loads(json.dumps(result.to_dict(), allow_nan=False))  # strict JSON
+    assert document["paths"][4]["max_abs_vs_oracle"] is None
