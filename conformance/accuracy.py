@@ -3,12 +3,17 @@
 Each path's logits are compared with the float64 oracle's per sample, and its predicted
 classes with the labels (accuracy) and with every other path's (agreement).
 
-Trained recurrent models meet a few inputs that amplify rounding: on the BBC LSTM, one
-test text of 445 moves by 2.3e-5 when the weights alone move by half a float32 ulp, in
-float64 arithmetic. Such an error belongs to the input, not to a path. So each sample's
-*sensitivity* is measured (the oracle again with every weight jittered by at most
-2**-24 relative) and a path's error on it passes if it is within the tolerance or within
-CONDITIONING_FACTOR times the sample's sensitivity. The report counts both.
+Trained weights make float32 error grow past the 1e-5 that random weights never reach,
+for two measured reasons, so a path's error on a sample passes if it is within the
+tolerance, or within either allowance:
+- scale: trained logits reach 10-25, and float32 sums over hundreds of terms land a few
+  ulps of the logit away (the Keras-trained CNN: 11 ulps of a logit of 15.7, 1.02e-5).
+  Allowed: RELATIVE_ULPS float32 ulps of the sample's largest |logit|.
+- conditioning: a few inputs amplify rounding (the BBC LSTM: one text of 445 moves by
+  2.3e-5 when the weights alone move by half a float32 ulp, in float64). Each sample's
+  *sensitivity* is measured so (the oracle with every weight jittered by at most 2**-24
+  relative). Allowed: CONDITIONING_FACTOR times the sensitivity.
+The report counts the samples over the tolerance and those no allowance explains.
 
 Passing: 100.0% agreement between all paths and no unexplained error.
 """
@@ -25,6 +30,7 @@ from onnxtwin.runtime.metrics import json_ready
 
 EVAL_BATCH = 250
 CONDITIONING_FACTOR = 4.0
+RELATIVE_ULPS = 32
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -37,6 +43,8 @@ class PathAccuracy:
     path: str
     accuracy: float
     max_abs_vs_oracle: float
+    max_ulps: float
+    """The largest error in float32 ulps of its sample's largest |logit|."""
     over_tolerance: int
     unexplained: int
 
@@ -59,7 +67,7 @@ class AccuracyResult:
     tolerance: float
     max_sensitivity: float
     sensitive_samples: int
-    """Samples whose allowance exceeds the tolerance (sensitivity > tolerance / factor)."""
+    """Samples whose conditioning allowance exceeds the tolerance."""
     paths: tuple[PathAccuracy, ...]
     pairs: tuple[Agreement, ...]
 
@@ -84,20 +92,25 @@ def evaluate(runners: dict[str, Runner], oracle: Runner, jittered_oracle: Runner
 
     reference = logits(oracle)
     sensitivity = _row_max_abs(logits(jittered_oracle), reference)
-    allowed = np.maximum(tolerance, CONDITIONING_FACTOR * sensitivity)
+    scale = np.abs(reference).reshape(len(reference), -1).max(axis=1)
+    ulp = np.spacing(scale.astype(np.float32)).astype(np.float64)
+    allowed = np.maximum.reduce([np.full(len(reference), tolerance), RELATIVE_ULPS * ulp,
+                                 CONDITIONING_FACTOR * sensitivity])
     results = {name: logits(run) for name, run in runners.items()}
     predicted = {name: r.argmax(axis=-1) for name, r in results.items()}
     paths = []
     for name, r in results.items():
         error = _row_max_abs(r, reference)
         paths.append(PathAccuracy(name, float((predicted[name] == y).mean()), float(error.max()),
-                                  int((error > tolerance).sum()), int((error > allowed).sum())))
+                                  float((error / ulp).max()), int((error > tolerance).sum()),
+                                  int((error > allowed).sum())))
     pairs = tuple(Agreement(a, b, float((predicted[a] == predicted[b]).mean()),
                             int((predicted[a] != predicted[b]).sum()),
                             float(_row_max_abs(results[a], results[b]).max()))
                   for a, b in itertools.combinations(results, 2))
     return AccuracyResult(data, len(y), tolerance, float(sensitivity.max()),
-                          int((allowed > tolerance).sum()), tuple(paths), pairs)
+                          int((CONDITIONING_FACTOR * sensitivity > tolerance).sum()),
+                          tuple(paths), pairs)
 
 
 def _row_max_abs(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -7,6 +7,8 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
+
 from onnxtwin.runtime.files import atomic_path
 
 
@@ -40,8 +42,8 @@ SUMMARY_COLUMNS = ["model", "paths", "comparisons", "worst vs oracle", "worst pa
 
 
 ACCURACY_COLUMNS = ["model", "data", "test samples", "accuracy", "agreement",
-                    "worst vs oracle", "over tolerance", "unexplained", "sensitive (max)",
-                    "verdict"]
+                    "worst vs oracle", "worst ulps", "over tolerance", "unexplained",
+                    "sensitive (max)", "verdict"]
 
 
 def accuracy_rows(document: dict) -> list[list[str]]:
@@ -57,6 +59,8 @@ def accuracy_rows(document: dict) -> list[list[str]]:
         rows.append([m["name"], a["data"], str(a["samples"]), accuracy,
                      f"{min(p['agreement'] for p in a['pairs']):.2%}",
                      _worst([{"max_abs": p["max_abs_vs_oracle"]} for p in a["paths"]]),
+                     _ulps(max(p["max_ulps"] if p["max_ulps"] is not None else np.inf
+                               for p in a["paths"])),
                      str(max(p["over_tolerance"] for p in a["paths"])),
                      str(max(p["unexplained"] for p in a["paths"])),
                      f"{a['sensitive_samples']} ({_e(a['max_sensitivity'])})",
@@ -84,8 +88,8 @@ def failures(document: dict, limit: int = 20) -> list[str]:
         for p in accuracy["paths"]:
             if p["unexplained"]:
                 lines.append(f"{m['name']}: {p['path']} is beyond the tolerance on "
-                             f"{p['unexplained']} test samples that are not sensitive enough "
-                             f"to explain it (max abs {_e(p['max_abs_vs_oracle'])})")
+                             f"{p['unexplained']} test samples, more than their logit scale or "
+                             f"sensitivity explains (max abs {_e(p['max_abs_vs_oracle'])})")
         if m["localisation"]:
             first = m["localisation"]["first_divergent"]
             lines.append(f"{m['name']}: the twins first diverge at layer {first}")
@@ -244,6 +248,10 @@ def _worst(checks: list[dict]) -> str:
     if any(c["max_abs"] is None for c in checks):
         return "nan/inf"
     return _e(max((c["max_abs"] for c in checks), default=0.0))
+
+
+def _ulps(value: float) -> str:
+    return f"{value:.1f}" if np.isfinite(value) else "nan/inf"
 
 
 def _e(value: float | None) -> str:

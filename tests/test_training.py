@@ -322,6 +322,7 @@ def test_accuracy_verdict_counts_errors_sensitivity_and_disagreements():
     assert (paths["exact"].over_tolerance, paths["exact"].unexplained) == (0, 0)
     assert (paths["sensitive"].over_tolerance, paths["sensitive"].unexplained) == (1, 0)
     assert (paths["off"].over_tolerance, paths["off"].unexplained) == (1, 1)
+    assert paths["off"].max_ulps == pytest.approx(2e-5 / np.spacing(np.float32(2.0)))  # 84
     assert paths["flip"].accuracy == 0.75 and paths["exact"].accuracy == 1.0
     assert paths["nan"].unexplained == 4 and paths["nan"].max_abs_vs_oracle == np.inf
     pairs = {(p.a, p.b): p for p in result.pairs}
@@ -329,3 +330,18 @@ def test_accuracy_verdict_counts_errors_sensitivity_and_disagreements():
     assert not result.passed
     document = json.loads(json.dumps(result.to_dict(), allow_nan=False))  # strict JSON
     assert document["paths"][4]["max_abs_vs_oracle"] is None
+
+
+def test_errors_within_32_ulps_of_a_large_logit_pass():
+    truth = np.array([[16.0, 0.0], [0.5, 0.0]])  # ulp(16) = 1.9e-6: 32 ulps = 6.1e-5
+    near = truth + np.array([[5e-5], [0]])  # 26 ulps over 1e-5: explained by the scale
+    far = truth + np.array([[0], [5e-5]])  # at logit 0.5, 5e-5 is 839 ulps: unexplained
+
+    def runner(a):
+        return lambda x: {"logits": a[x["x"]]}
+
+    result = evaluate({"near": runner(near), "far": runner(far)}, runner(truth), runner(truth),
+                      np.arange(2), np.array([0, 0]), "x", "logits", 1e-5, "synthetic")
+    near_path, far_path = result.paths
+    assert (near_path.over_tolerance, near_path.unexplained) == (1, 0)
+    assert (far_path.over_tolerance, far_path.unexplained) == (1, 1)
