@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,7 @@ def folder_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
     if folder in _held:
         yield folder
         return
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / LOCK_FILE).open("a") as handle:
         try:
@@ -59,6 +61,8 @@ def folder_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
             yield folder
         finally:
             _held.discard(folder)
+            if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+                shutil.rmtree(folder)  # failed before writing anything: leave no trace
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
