@@ -378,10 +378,16 @@ def run(
 def main() -> None:
     """Entry point: user errors print one line and exit 2, never a traceback.
 
-    SIGTERM exits like Ctrl-C (143) through the `finally` blocks, so temporary files of
-    unfinished writes are removed and the files they would have replaced stay intact.
+    SIGTERM exits with 143 through the `finally` blocks, so temporary files of unfinished
+    writes are removed and the files they would have replaced stay intact.
     """
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    terminated: list[int] = []
+
+    def on_sigterm(signum, frame):
+        terminated.append(signum)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         app()
     except OnnxtwinError as e:
@@ -391,3 +397,10 @@ def main() -> None:
         errors.print(f"error: {e.filename}: expected a path onnxtwin can read or write, got "
                      f"{e.strerror}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
+    except Exception:
+        # The SystemExit of SIGTERM can surface as another error: raised while a C extension
+        # module initialises, Python reports "ImportError: initialization failed" (measured
+        # on a Keras export terminated as its gate imports onnxruntime's bindings).
+        if terminated:
+            sys.exit(128 + terminated[0])
+        raise
