@@ -22,13 +22,12 @@ from onnxtwin.builders.datasets import Dataset
 from onnxtwin.builders.inputs import has_seq
 from onnxtwin.builders.registry import get_spec
 from onnxtwin.builders.signature import ModelSpec
-from onnxtwin.builders.twins import Twins, from_keras, from_weights, load_twins
+from onnxtwin.builders.twins import SOURCES, Twins, from_keras, from_weights, load_twins
 from onnxtwin.builders.weights import torch_state
 from onnxtwin.runtime.errors import OnnxtwinError
 from onnxtwin.runtime.files import atomic_path
 from onnxtwin.runtime.tokenizer import PAD, UNKNOWN, Tokenizer
 
-FRAMEWORKS = ("torch", "keras")
 TRAINING_FILE, TOKENIZER_FILE = "training.json", "tokenizer.json"
 
 
@@ -132,8 +131,8 @@ def train(model: str | ModelSpec, data: Dataset, framework: str = "torch",
     `on_batch(done, total)` follows the batches of an epoch; `on_epoch` gets each Epoch.
     The same model, data, recipe and seed give the same weights.
     """
-    if framework not in FRAMEWORKS:
-        raise OnnxtwinError(f"framework: expected one of {FRAMEWORKS}, got {framework!r}")
+    if framework not in SOURCES:
+        raise OnnxtwinError(f"framework: expected one of {SOURCES}, got {framework!r}")
     spec = spec_for(model, data)
     recipe = recipe or RECIPES[data.kind]
     fit = _fit_torch if framework == "torch" else _fit_keras

@@ -6,7 +6,7 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from onnxtwin.runtime.errors import OnnxtwinError
 from onnxtwin.runtime.files import atomic_path
 
 Source = Literal["torch", "keras"]
+SOURCES: tuple[str, ...] = get_args(Source)
 TORCH_FILE, KERAS_FILE, SPEC_FILE = "torch.safetensors", "keras.weights.h5", "spec.json"
 
 

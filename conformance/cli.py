@@ -228,26 +228,30 @@ def check(
     if json_out:
         print(json.dumps(document, indent=2))
     else:
-        table = Table(title=f"onnxtwin check: {document['summary']['comparisons']} comparisons "
-                            f"on {', '.join(report.ran_on)}, opset {opset}, seed {seed}")
-        for column in SUMMARY_COLUMNS:
-            table.add_column(column, no_wrap=True)
-        for row in summary_rows(document):
-            table.add_row(*row[:-1], "[green]pass" if row[-1] == "pass" else "[red]FAIL")
-        console.print(table)
+        console.print(_verdict_table(
+            f"onnxtwin check: {document['summary']['comparisons']} comparisons on "
+            f"{', '.join(report.ran_on)}, opset {opset}, seed {seed}",
+            SUMMARY_COLUMNS, summary_rows(document)))
         if rows := accuracy_rows(document):
-            table = Table(title=f"accuracy on the test set, trained weights from {trained}")
-            for column in ACCURACY_COLUMNS:
-                table.add_column(column)
-            for row in rows:
-                table.add_row(*row[:-1], "[green]pass" if row[-1] == "pass" else "[red]FAIL")
-            console.print(table)
+            console.print(_verdict_table(f"accuracy on the test set, trained weights from "
+                                         f"{trained}", ACCURACY_COLUMNS, rows, no_wrap=False))
         for line in failures(document):
             console.print(line, markup=False, highlight=False)
         console.print(f"wrote {out}/ (report.json, report.md, report.html, "
                       f"{sum(len(m.exports) for m in report.models)} .onnx files)")
     if not report.passed:
         raise typer.Exit(1)
+
+
+def _verdict_table(title: str, columns: list[str], rows: list[list[str]],
+                   no_wrap: bool = True) -> Table:
+    """A table of report rows whose last cell, "pass" or "FAIL", is coloured."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, no_wrap=no_wrap)
+    for row in rows:
+        table.add_row(*row[:-1], "[green]pass" if row[-1] == "pass" else "[red]FAIL")
+    return table
 
 
 @app.command()

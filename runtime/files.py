@@ -65,15 +65,12 @@ def folder_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
                 shutil.rmtree(folder)  # failed before writing anything: leave no trace
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
+def remove_stale_temporaries(folder: Path) -> None:
     """Delete the temporary files in `folder` whose writing process no longer runs."""
-    removed = []
     for tmp in folder.glob(".tmp-*-*-*"):
         pid = tmp.name.split("-")[1]
         if pid.isdigit() and not _running(int(pid)):
             tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
 
 
 def _running(pid: int) -> bool:
