@@ -8,12 +8,7 @@ import sys
 import textwrap
 
 import pytest
-
-CLI = [sys.executable, "-c", "from onnxtwin.conformance.cli import main; main()"]
-
-
-def onnxtwin(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+from cli_runner import onnxtwin
 
 
 @pytest.mark.parametrize("module", ["onnxtwin.conformance.cli", "onnxtwin.runtime"])

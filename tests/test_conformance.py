@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from html.parser import HTMLParser
 from importlib.resources import files
 
 import jsonschema
 import pytest
+from cli_runner import onnxtwin
 from typer.testing import CliRunner
 
 from onnxtwin.builders import BUILTIN, get_spec, layers
@@ -160,9 +159,7 @@ def test_tolerances_from_toml_per_model_and_per_output(tmp_path):
     (["--provider", "cpu,cuda"], r"^error: provider 'cuda': expected it to run here, got: "
                                  r"onnxruntime fell back to CPU: ")]))
 def test_check_usage_errors_exit_2_with_one_line(tmp_path, args, message):
-    result = subprocess.run([sys.executable, "-c", "from onnxtwin.conformance.cli import main; "
-                             "main()", "check", *args, "--out", str(tmp_path / "r")],
-                            capture_output=True, text=True, timeout=300)
+    result = onnxtwin("check", *args, "--out", str(tmp_path / "r"))
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -209,9 +206,7 @@ def test_pytest_plugin_passes_agreeing_pairs_and_explains_a_failure(pytester):
 
 @pytest.mark.slow
 def test_the_default_matrix_passes_on_every_builtin_model(tmp_path):
-    result = subprocess.run([sys.executable, "-c", "from onnxtwin.conformance.cli import main; "
-                             "main()", "check", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=1200)
+    result = onnxtwin("check", "--out", str(tmp_path), timeout=1200)
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads((tmp_path / "report.json").read_text())
     jsonschema.validate(document, SCHEMA)

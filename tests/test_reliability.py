@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import CLI, onnxtwin
 
 from onnxtwin.builders.weights import read_weights
 from onnxtwin.conformance.report import without_timings
 from onnxtwin.runtime import OnnxtwinError, Session
 from onnxtwin.runtime.files import atomic_path, folder_lock
 
-CLI = [sys.executable, "-c", "from onnxtwin.conformance.cli import main; main()"]
 PREVIOUS = b"the previous export"
 
 
@@ -155,8 +155,7 @@ def test_corrupt_weight_files_are_one_line(tmp_path, content):
 
 def test_an_unwritable_output_folder_is_one_line_with_exit_2(tmp_path):
     (tmp_path / "file").write_text("not a folder")
-    result = subprocess.run([*CLI, "build", "-m", "cnn", "--out", str(tmp_path / "file" / "out")],
-                            capture_output=True, text=True, timeout=300)
+    result = onnxtwin("build", "-m", "cnn", "--out", str(tmp_path / "file" / "out"))
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -168,8 +167,7 @@ def test_an_unwritable_output_folder_is_one_line_with_exit_2(tmp_path):
 
 def test_a_second_writer_into_a_held_folder_fails_at_once_in_one_line(tmp_path):
     with folder_lock(tmp_path / "out"):
-        result = subprocess.run([*CLI, "check", "-m", "cnn", "--out", str(tmp_path / "out")],
-                                capture_output=True, text=True, timeout=300)
+        result = onnxtwin("check", "-m", "cnn", "--out", str(tmp_path / "out"))
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".onnxtwin.lock"]
     assert not list(tmp_path.iterdir())  # the holder wrote nothing either: no trace left
     assert result.returncode == 2, result.stderr

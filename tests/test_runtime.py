@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import pytest
+from cli_runner import onnxtwin
 
 from onnxtwin.builders import sample_inputs
 from onnxtwin.export import export_model
@@ -255,10 +256,8 @@ def test_run_command_errors_are_one_line_with_exit_2_and_no_output(exported, tmp
                                        r"arrays"),
     ]
     for model, given, message in cases:
-        result = subprocess.run(
-            [sys.executable, "-c", "from onnxtwin.conformance.cli import main; main()", "run",
-             str(model), "-i", str(tmp_path / given), "-o", str(tmp_path / "y.npz")],
-            capture_output=True, text=True, timeout=120)
+        result = onnxtwin("run", str(model), "-i", str(tmp_path / given), "-o",
+                          str(tmp_path / "y.npz"), timeout=120)
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in result.stderr
@@ -267,8 +266,7 @@ def test_run_command_errors_are_one_line_with_exit_2_and_no_output(exported, tmp
 
 
 def test_providers_command_prints_the_probe_table():
-    result = subprocess.run([sys.executable, "-c", "from onnxtwin.conformance.cli import main; "
-                             "main()", "providers"], capture_output=True, text=True, timeout=120)
+    result = onnxtwin("providers", timeout=120)
     assert result.returncode == 0, result.stderr
     rows = {line.split()[1]: line for line in result.stdout.splitlines()
             if line.startswith("│") and "ExecutionProvider" in line}

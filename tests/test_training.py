@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import collections
 import json
-import subprocess
-import sys
 from importlib.resources import files
 
 import jsonschema
 import numpy as np
 import pytest
+from cli_runner import onnxtwin
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from onnxtwin.builders import BUILTIN
@@ -232,12 +231,6 @@ def test_missing_trained_folder_is_one_line(tmp_path):
 
 
 # --- the command line ------------------------------------------------------------------------
-
-def onnxtwin(*args: str, cwd=None, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from onnxtwin.conformance.cli import main; "
-                           "main()", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
-
 
 def test_train_command_writes_trained_twins_and_an_accuracy_report(tmp_path):
     result = onnxtwin("train", "-m", "lstm", "--limit", "200", "--epochs", "3", "--out",
