@@ -181,6 +181,9 @@ def _images_npz(path: Path, seed: int) -> Dataset:
         return np.array([to_ids.get(str(v), -1) for v in a], dtype=np.int64)
 
     x, y = _images(arrays["images"], path), labels(raw)
+    if ("test_images" in arrays) != ("test_labels" in arrays):
+        raise OnnxtwinError(f"{path}: expected test_images and test_labels together or "
+                            f"neither, got {sorted(arrays)}")
     if "test_images" in arrays:
         x_test, y_test = _images(arrays["test_images"], path), labels(arrays["test_labels"])
         if (y_test < 0).any():

@@ -144,6 +144,15 @@ def test_bad_user_data_is_one_line(tmp_path, name, content, message):
         load_dataset(str(path))
 
 
+def test_a_test_split_needs_both_images_and_labels(tmp_path):
+    npz = tmp_path / "half.npz"
+    np.savez(npz, images=np.zeros((20, 28, 28), np.uint8), labels=np.arange(20) % 2,
+             test_images=np.zeros((4, 28, 28), np.uint8))
+    with pytest.raises(OnnxtwinError, match=r"expected test_images and test_labels together or "
+                                            r"neither, got \['images', 'labels', 'test_images'\]"):
+        load_dataset(str(npz))
+
+
 def test_images_outside_zero_one_are_refused(tmp_path):
     npz = tmp_path / "bad.npz"
     np.savez(npz, images=np.full((20, 28, 28), 3.0, np.float32), labels=np.arange(20) % 2)
