@@ -90,8 +90,8 @@ class TorchTransformer(nn.Module):
         x = self.embedding(tokens) + self.positions[: tokens.shape[1]]
         for layer in self.encoder:
             x = layer(x, src_key_padding_mask=padding)
-        keep = (~padding).unsqueeze(-1).to(x.dtype)
-        return self.fc((x * keep).sum(1) / keep.sum(1).clamp(min=1))
+        keep = (~padding).unsqueeze(1).to(x.dtype)  # [batch, 1, seq]
+        return self.fc((keep @ x).squeeze(1) / keep.sum(2).clamp(min=1))
 
 
 def keras_transformer(spec: TransformerSpec):
@@ -110,7 +110,7 @@ def keras_transformer(spec: TransformerSpec):
         ff = kl.Dense(spec.ff, activation=spec.activation, name=f"encoder{i}_linear1")(x)
         ff = kl.Dense(spec.d_model, name=f"encoder{i}_linear2")(ff)
         x = kl.LayerNormalization(epsilon=spec.norm_eps, name=f"encoder{i}_norm2")(x + ff)
-    weight = ops.expand_dims(ops.cast(keep, "float32"), -1)
-    pooled = ops.sum(x * weight, axis=1) / ops.maximum(ops.sum(weight, axis=1), 1.0)
+    weight = ops.cast(attend, "float32")  # [batch, 1, seq]
+    pooled = ops.squeeze(ops.matmul(weight, x), 1) / ops.maximum(ops.sum(weight, axis=2), 1.0)
     logits = kl.Dense(spec.classes, name="fc")(pooled)
     return keras.Model(tokens, logits, name=spec.name)

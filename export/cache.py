@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -18,8 +19,24 @@ def cache_dir() -> Path:
 
 
 def cache_key(**parts: object) -> str:
-    """sha256 of the parts (spec hash, weights hash, framework, opset, tool versions...)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    """sha256 of the parts (spec hash, weights hash, framework, opset, tool versions...)
+    and of the code that builds and exports the twins."""
+    return hashlib.sha256(json.dumps({**parts, "code": code_hash()}, sort_keys=True).encode()
+                          ).hexdigest()
+
+
+@functools.cache
+def code_hash() -> str:
+    """sha256 of onnxtwin.builders' and onnxtwin.export's source files: a changed builder
+    (say, another pooling op) never hits an entry exported by the old one."""
+    import onnxtwin.builders
+    import onnxtwin.export
+
+    digest = hashlib.sha256()
+    for package in (onnxtwin.builders, onnxtwin.export):
+        for source in sorted(Path(package.__path__[0]).glob("*.py")):
+            digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
 
 
 def _digest(path: Path) -> str:
