@@ -361,22 +361,95 @@ def run(
     Imports only onnxruntime and numpy. A provider that cannot run falls back to CPU with
     a warning (or fails with --strict); the provider that really ran is printed.
     """
-    import warnings
-
-    from onnxtwin.runtime import ProviderFallbackWarning, Session
     from onnxtwin.runtime.arrays import load_arrays, save_arrays
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ProviderFallbackWarning)
-        session = Session(model, provider, strict=strict, check_finite=check_finite)
-    for w in caught:
-        errors.print(f"warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
+    session = _session(model, provider, strict, check_finite)
     arrays = load_arrays(input, [i.name for i in session.inputs])
     outputs = session.run(arrays)
     save_arrays(output, outputs)
     shapes = ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in outputs.items())
     console.print(f"ran {model.name} on {session.provider}: wrote {output} ({shapes})",
                   highlight=False)
+
+
+@app.command()
+def serve(
+    models: Annotated[list[Path], typer.Argument(
+        help="The .onnx files to serve; each is named by its file name without .onnx.")],
+    provider: Annotated[str, typer.Option(help="cpu, cuda or tensorrt.")] = "cpu",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free one).")] = 8000,
+    max_batch: Annotated[int, typer.Option(
+        help="Rows per onnxruntime run when grouping concurrent requests; 0: no batching.")
+    ] = 64,
+    max_delay_ms: Annotated[float, typer.Option(
+        help="How long a request waits for others to batch with.")] = 2.0,
+    max_queue: Annotated[int, typer.Option(
+        help="Requests waiting per model; more get HTTP 503.")] = 256,
+    max_request_mb: Annotated[float, typer.Option(
+        help="Largest request body; larger gets HTTP 413.")] = 64.0,
+    strict: Annotated[bool, typer.Option(
+        help="Fail if the provider cannot run here, instead of falling back to CPU.")] = False,
+) -> None:
+    """Serve ONNX models over HTTP with the Open Inference Protocol v2 (KServe v2, Triton).
+
+    Clients written for Triton (e.g. tritonclient.http) work unchanged. Imports only
+    onnxruntime, numpy, Starlette and uvicorn. SIGINT or SIGTERM stops it after the
+    requests in flight finish.
+    """
+    from onnxtwin.runtime.server import ServeOptions, model_names
+    from onnxtwin.runtime.server import serve as run_server
+
+    options = ServeOptions(max_batch, max_delay_ms, max_queue, int(max_request_mb * 2**20))
+    sessions = {name: _session(path, provider, strict)
+                for name, path in model_names(models).items()}
+    run_server(sessions, host, port, options,
+               announce=lambda line: console.print(line, highlight=False, soft_wrap=True))
+
+
+class Target(StrEnum):
+    triton = "triton"
+
+
+@app.command()
+def deploy(
+    model: Annotated[Path, typer.Argument(help="The .onnx file to deploy.")],
+    out: Annotated[Path, typer.Option(help="Model repository folder (created if missing).")],
+    to: Annotated[Target, typer.Option(help="Serving engine.")] = Target.triton,
+    name: Annotated[str | None, typer.Option(
+        help="Model name. Default: the file name without .onnx, dots as underscores.")
+    ] = None,
+    provider: Annotated[str, typer.Option(help="cpu or cuda: where Triton runs it.")] = "cpu",
+    max_batch: Annotated[int, typer.Option(help="max_batch_size; 0: no batching.")] = 64,
+    max_delay_us: Annotated[int, typer.Option(
+        help="Dynamic batching's max_queue_delay_microseconds.")] = 2000,
+    instances: Annotated[int, typer.Option(help="Model instances.")] = 1,
+) -> None:
+    """Write a Triton model repository: OUT/NAME/config.pbtxt and OUT/NAME/1/model.onnx.
+
+    The config is built and checked with Triton's model-config protobuf; names, dtypes
+    and dims come from the model's signature.
+    """
+    from onnxtwin.runtime.triton import TritonOptions, write_repository
+
+    folder = write_repository(model, out, name, TritonOptions(provider, max_batch, max_delay_us,
+                                                              instances))
+    console.print(f"wrote {folder}: start Triton with --model-repository={out.resolve()}",
+                  highlight=False, soft_wrap=True)
+
+
+def _session(path: Path, provider: str, strict: bool, check_finite: bool = False):
+    """A runtime Session; a provider fallback warning is printed on one line."""
+    import warnings
+
+    from onnxtwin.runtime import ProviderFallbackWarning, Session
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ProviderFallbackWarning)
+        session = Session(path, provider, strict=strict, check_finite=check_finite)
+    for w in caught:
+        errors.print(f"warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
+    return session
 
 
 def main() -> None:
