@@ -383,7 +383,8 @@ def serve(
         help="Rows per onnxruntime run when grouping concurrent requests; 0: no batching.")
     ] = 64,
     max_delay_ms: Annotated[float, typer.Option(
-        help="How long a request waits for others to batch with.")] = 2.0,
+        help="How long a request waits for others to batch with (0: batch only those "
+             "that queued while the previous run ran).")] = 0.0,
     max_queue: Annotated[int, typer.Option(
         help="Requests waiting per model; more get HTTP 503.")] = 256,
     max_request_mb: Annotated[float, typer.Option(
@@ -422,7 +423,7 @@ def deploy(
     provider: Annotated[str, typer.Option(help="cpu or cuda: where Triton runs it.")] = "cpu",
     max_batch: Annotated[int, typer.Option(help="max_batch_size; 0: no batching.")] = 64,
     max_delay_us: Annotated[int, typer.Option(
-        help="Dynamic batching's max_queue_delay_microseconds.")] = 2000,
+        help="Dynamic batching's max_queue_delay_microseconds.")] = 0,
     instances: Annotated[int, typer.Option(help="Model instances.")] = 1,
 ) -> None:
     """Write a Triton model repository: OUT/NAME/config.pbtxt and OUT/NAME/1/model.onnx.

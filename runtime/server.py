@@ -42,7 +42,7 @@ class ServeOptions:
     """Batching and the bounds that keep an overloaded server's memory flat."""
 
     max_batch: int = 64  # rows per onnxruntime run; 0 turns dynamic batching off
-    max_delay_ms: float = 2.0  # how long the first request of a batch waits for company
+    max_delay_ms: float = 0.0  # how long the first request of a batch waits for company
     max_queue: int = 256  # requests waiting per model; one more gets 503
     max_request_bytes: int = 64 * 2**20  # a larger body gets 413 before it is read
     probe_timeout_s: float = 10.0  # a readiness probe slower than this fails
@@ -218,7 +218,10 @@ def serve(sessions: Mapping[str, Session], host: str, port: int, options: ServeO
 def listen(host: str, port: int) -> socket.socket:
     """A listening socket, or one line saying why the address cannot be used."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY on accepted connections only
+    # when the socket says so; without it Nagle's algorithm holds each response body back
+    # for the client's delayed ACK (measured: 44 ms per request instead of 0.5 ms).
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((host, port))

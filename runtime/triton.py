@@ -27,7 +27,7 @@ class TritonOptions:
 
     provider: str = "cpu"  # cpu -> KIND_CPU instances, cuda -> KIND_GPU
     max_batch: int = 64  # Triton's max_batch_size; 0 turns batching off
-    max_delay_us: int = 2000  # dynamic_batching's max_queue_delay_microseconds
+    max_delay_us: int = 0  # dynamic_batching's max_queue_delay_microseconds
     instances: int = 1  # model instances (each an onnxruntime session)
     version: int = 1
 
@@ -51,6 +51,7 @@ def model_config(name: str, session: Session, options: TritonOptions) -> Any:
         config.output.append(pb.ModelOutput(name=info.name, data_type=_data_type(info),
                                             dims=_dims(info, batched)))
     if batched:
+        config.dynamic_batching.SetInParent()  # present even with every field at its default
         config.dynamic_batching.max_queue_delay_microseconds = options.max_delay_us
     config.instance_group.append(pb.ModelInstanceGroup(
         count=options.instances, kind=pb.ModelInstanceGroup.Kind.Value(KINDS[options.provider])))
