@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -61,8 +61,9 @@ class _HttpError(Exception):
         self.status = status
 
 
-def create_app(sessions: Mapping[str, Session], options: ServeOptions = ServeOptions()) -> Any:
-    """The ASGI application serving `sessions` by model name."""
+def create_app(sessions: Mapping[str, Session], options: ServeOptions = ServeOptions(),
+               on_ready: Callable[[], None] = lambda: None) -> Any:
+    """The ASGI application serving `sessions` by model name; `on_ready` runs at startup."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.requests import Request
@@ -151,6 +152,7 @@ def create_app(sessions: Mapping[str, Session], options: ServeOptions = ServeOpt
             schedulers[name] = Scheduler(session, options.max_batch,
                                          options.max_delay_ms / 1000, options.max_queue)
             schedulers[name].start()
+        on_ready()
         try:
             yield
         finally:  # uvicorn gets here after in-flight requests finished
@@ -208,10 +210,12 @@ def serve(sessions: Mapping[str, Session], host: str, port: int, options: ServeO
 
     listener = listen(host, port)
     bound = listener.getsockname()[1]
-    config = uvicorn.Config(create_app(sessions, options), log_level="warning",
-                            access_log=False, timeout_graceful_shutdown=30)
-    announce(f"serving {', '.join(sessions)} at http://{host}:{bound}/v2 "
-             f"(max batch {options.max_batch}, queue {options.max_queue})")
+    line = (f"serving {', '.join(sessions)} at http://{host}:{bound}/v2 "
+            f"(max batch {options.max_batch}, queue {options.max_queue})")
+    # Announced from the app's startup: by then uvicorn handles SIGINT and SIGTERM.
+    app = create_app(sessions, options, on_ready=lambda: announce(line))
+    config = uvicorn.Config(app, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=30)
     uvicorn.Server(config).run(sockets=[listener])
 
 
