@@ -119,6 +119,9 @@ def export(
     seed: Annotated[int, typer.Option(help="Seed of the weight initialisation.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("onnxtwin-export"),
     cache: Annotated[bool, typer.Option(help="Reuse accepted exports ($ONNXTWIN_CACHE).")] = True,
+    optimized: Annotated[bool, typer.Option(
+        help="Also write NAME.FRAMEWORK.opt.onnx: onnxruntime's portable (extended) graph "
+             "optimisations saved for deployment, gated like the export.")] = False,
 ) -> None:
     """Export twins to OUT/NAME.FRAMEWORK.onnx, each accepted only after the gate.
 
@@ -129,6 +132,7 @@ def export(
     """
     from onnxtwin.builders import build_twins
     from onnxtwin.export import FRAMEWORKS, check_request, export_model, graph_differences
+    from onnxtwin.export.optimize import optimize_offline
 
     frameworks = FRAMEWORKS if framework is Frameworks.both else (framework.value,)
     for fw in frameworks:
@@ -147,11 +151,17 @@ def export(
                 status.update(f"exporting {s.name} from {fw} ...")
                 results.append(export_model(twins, fw, out, opset=opset, use_cache=cache))
             differences = graph_differences(results)
-            for r in results:
+            files = [r.to_dict() for r in results]
+            for r, record in zip(results, files, strict=True):
                 table.add_row(s.name, r.framework, f"{r.max_abs:.2e}", str(sum(r.ops.values())),
                               "hit" if r.cache_hit else "miss", f"{r.seconds:.1f}")
-            summary.append({"model": s.name, "differences": differences,
-                            "files": [r.to_dict() for r in results]})
+                if optimized:
+                    status.update(f"optimising {r.path.name} ...")
+                    path, gate = optimize_offline(r.path, twins, r.framework)
+                    worst = max(g.max_abs for g in gate)
+                    record["optimized"] = {"path": path.name, "gate_max_abs": worst}
+                    table.add_row(s.name, f"{r.framework} (opt)", f"{worst:.2e}", "", "", "")
+            summary.append({"model": s.name, "differences": differences, "files": files})
     with atomic_path(out / "export.json") as tmp:
         tmp.write_text(json.dumps({"opset": opset, "seed": seed, "models": summary}, indent=2)
                        + "\n")
@@ -159,7 +169,8 @@ def export(
     for m in summary:
         if m["differences"]:
             console.print(f"{m['model']}: the graphs differ in kind: {'; '.join(m['differences'])}")
-    console.print(f"wrote {out}/ ({sum(len(m['files']) for m in summary)} files, export.json)")
+    count = sum(len(m["files"]) for m in summary) * (2 if optimized else 1)
+    console.print(f"wrote {out}/ ({count} files, export.json)")
 
 
 @app.command()
@@ -330,6 +341,57 @@ def _train_each(selected, data, limit, epochs, framework, seed, out) -> None:
 
             trained = train_twins(s, dataset, framework, recipe, seed, on_batch, on_epoch)
         trained.save(out / s.name)
+
+
+@app.command()
+def bench(
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", "-m", help="Variant to benchmark (repeatable). Default: every built-in.")
+    ] = None,
+    spec: SpecOption = None,
+    batch: Annotated[list[int] | None, typer.Option(
+        help="Batch size (repeatable). Default: 1 and 64.")] = None,
+    seq: Annotated[int, typer.Option(help="Sequence length of token models.")] = 50,
+    provider: Annotated[list[str] | None, typer.Option(
+        help="onnxruntime provider (repeatable; those that cannot run are left out). "
+             "Default: cpu.")] = None,
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds.")] = 10,
+    calls: Annotated[int, typer.Option(help="Timed calls per path and round.")] = 10,
+    compile_torch: Annotated[bool, typer.Option(
+        "--compile/--no-compile", help="Include torch.compile (compiles once per shape).")
+    ] = True,
+    startup: Annotated[bool, typer.Option(
+        help="Also time `onnxtwin --help`, `run` and `serve` to their first inference.")
+    ] = True,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("onnxtwin-bench"),
+) -> None:
+    """Latency and throughput of torch, torch.compile, Keras and onnxruntime, with targets.
+
+    Interleaved rounds, so the ratios hold on a noisy machine; every path is compared with
+    torch eager before its time counts. Writes OUT/bench.json, bench.md, bench.html. A
+    missed target is reported (exit 0); exit 2 on misuse.
+    """
+    from onnxtwin.conformance.bench import BATCHES, run_bench
+    from onnxtwin.conformance.bench_report import (
+        TARGET_COLUMNS,
+        headline,
+        target_rows,
+        write_bench_reports,
+    )
+
+    selected = _selected_specs(model, spec)
+    if rounds < 1 or calls < 1 or seq < 1 or any(b < 1 for b in batch or ()):
+        raise OnnxtwinError(f"expected --rounds, --calls, --seq and --batch >= 1, got "
+                            f"{rounds}, {calls}, {seq}, {batch}")
+    with folder_lock(out), console.status("benchmarking") as status:
+        document = run_bench(selected, out, tuple(batch or BATCHES), seq,
+                             tuple(provider or ("cpu",)), rounds, calls, compile_torch,
+                             startup, on_step=lambda step: status.update(step))
+        write_bench_reports(document, out)
+    console.print(_verdict_table("onnxtwin bench: targets", TARGET_COLUMNS,
+                                 target_rows(document)))
+    console.print(headline(document), highlight=False)
+    console.print(f"wrote {out}/ (bench.json, bench.md, bench.html)", highlight=False)
 
 
 @app.command()

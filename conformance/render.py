@@ -103,14 +103,14 @@ def markdown(document: dict) -> str:
            f"{s['models']} models, {s['comparisons']} comparisons, {s['failed']} failed, "
            f"{s['seconds']:.1f} s. Providers that ran: {', '.join(ran)}. "
            f"Opset {document['settings']['opset']}, seed {document['settings']['seed']}.", "",
-           _md_table(SUMMARY_COLUMNS, summary_rows(document)), ""]
+           md_table(SUMMARY_COLUMNS, summary_rows(document)), ""]
     if rows := accuracy_rows(document):
         out += [f"## Accuracy on the test set (trained weights from {trained})", "",
-                _md_table(ACCURACY_COLUMNS, rows), ""]
+                md_table(ACCURACY_COLUMNS, rows), ""]
     if not s["passed"]:
         out += ["## Failures", "", *(f"- {line}" for line in failures(document)), ""]
     out += ["## Latency (ms, batch {batch}, seq {seq})".format(**document["settings"]["timing"]),
-            "", _md_table(["model", "path", "p50", "p90", "p99", "samples/s"], _latency_rows(
+            "", md_table(["model", "path", "p50", "p90", "p99", "samples/s"], _latency_rows(
                 document)), "",
             "Errors are max abs differences of the logits; *vs oracle* is against the torch twin "
             "run in float64. *min passing tolerance* is the largest error seen, the tightest "
@@ -125,30 +125,30 @@ def page(document: dict) -> str:
     parts = [f"<h1>onnxtwin conformance: <span class='{verdict.lower()}'>{verdict}</span></h1>",
              f"<p>{s['models']} models, {s['comparisons']} comparisons, {s['failed']} failed, "
              f"{s['seconds']:.1f} s.</p>",
-             "<h2>Summary</h2>", _html_table(SUMMARY_COLUMNS, summary_rows(document))]
+             "<h2>Summary</h2>", html_table(SUMMARY_COLUMNS, summary_rows(document))]
     if rows := accuracy_rows(document):
         parts += [f"<h2>Accuracy on the test set (trained weights from "
                   f"{html.escape(document['settings']['trained'])})</h2>",
-                  _html_table(ACCURACY_COLUMNS, rows)]
+                  html_table(ACCURACY_COLUMNS, rows)]
     if not s["passed"]:
         parts += ["<h2>Failures</h2><ul>", *(f"<li>{html.escape(x)}</li>"
                                              for x in failures(document)), "</ul>"]
     parts += ["<h2>Error of each path against the float64 oracle</h2>", _error_plot(document),
               "<h2>Latency per path and provider</h2>", _latency_plot(document),
-              _html_table(["model", "path", "p50", "p90", "p99", "samples/s"],
+              html_table(["model", "path", "p50", "p90", "p99", "samples/s"],
                           _latency_rows(document)),
               "<h2>Providers</h2>",
-              _html_table(["provider", "usable", "ran", "reason"],
+              html_table(["provider", "usable", "ran", "reason"],
                           [[p["name"], str(p["usable"]), str(p["ran"]), p["reason"]]
                            for p in document["providers"]]),
               "<h2>Exports</h2>",
-              _html_table(["model", "file", "opset", "nodes", "gate max abs", "graph differences"],
+              html_table(["model", "file", "opset", "nodes", "gate max abs", "graph differences"],
                           [[m["name"], e["path"], str(e["opset"]), str(sum(e["ops"].values())),
                             _e(max(g["max_abs"] for g in e["gate"])),
                             "; ".join(m["graph_differences"])]
                            for m in document["models"] for e in m["exports"]]),
               "<h2>Versions</h2>",
-              _html_table(["tool", "version"], [[k, v] for k, v in document["versions"].items()])]
+              html_table(["tool", "version"], [[k, v] for k, v in document["versions"].items()])]
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>onnxtwin report</title>"
             f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
 
@@ -195,7 +195,7 @@ def _grouped_bars(document: dict, values: dict[tuple[str, str], float], label: s
                                [*(c["actual"] for c in m["comparisons"]),
                                 *(t["path"] for t in m["latency"])]))
     paths = [p for p in paths if any((m, p) in values for m in models)]
-    fig, ax = _figure(len(models))
+    fig, ax = figure(len(models))
     width = 0.8 / max(1, len(paths))
     for i, p in enumerate(paths):
         ax.bar(np.arange(len(models)) + i * width,
@@ -206,10 +206,10 @@ def _grouped_bars(document: dict, values: dict[tuple[str, str], float], label: s
     ax.set_ylabel(label)
     ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models)
     ax.legend(fontsize="small", ncols=2)
-    return _svg(fig)
+    return svg(fig)
 
 
-def _figure(groups: int):
+def figure(groups: int):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,7 +218,7 @@ def _figure(groups: int):
     return plt.subplots(figsize=(max(6.0, 1.6 * groups), 3.6))
 
 
-def _svg(fig) -> str:
+def svg(fig) -> str:
     import matplotlib.pyplot as plt
 
     buffer = io.StringIO()
@@ -228,12 +228,12 @@ def _svg(fig) -> str:
     return text[text.index("<svg"):]
 
 
-def _md_table(columns: list[str], rows: list[list[str]]) -> str:
+def md_table(columns: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def _html_table(columns: list[str], rows: list[list[str]]) -> str:
+def html_table(columns: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(_cell(v) for v in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

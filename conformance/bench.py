@@ -1,0 +1,368 @@
+"""`onnxtwin bench`: onnxruntime against PyTorch and TensorFlow, interleaved, with targets.
+
+Every contender of one model and batch (torch eager, torch.compile, Keras through its
+tf.function, onnxruntime on each file and provider, default and tuned) runs in the same
+rounds, in a rotating order, so a noisy machine slows them all alike and the ratios hold.
+Every contender's output is compared with torch eager's before its time counts.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from onnxtwin.runtime import FLOAT32_ABS_TOLERANCE, Session
+
+Inputs = dict[str, np.ndarray]
+BATCHES = (1, 64)
+SEQ = 50
+TARGET_ONNX_VS_NATIVE = 0.8  # the faster ONNX path on CPU / the fastest native framework
+TARGET_KERAS_VS_TORCH_FILE = 1.15  # the Keras-exported file / the torch-exported one
+TARGET_CNN_PEAK = 0.6  # CNN at batch 64: fraction of the measured float32 matmul peak
+SETTLE_S = 0.1
+TUNING = [{"optimization": level, "threads": threads, "spinning": spinning}
+          for level in ("extended", "all") for threads in (0, 1) for spinning in (True, False)]
+"""onnxruntime settings tried per file and batch: optimisation level x intra-op threads
+(0: one per core) x idle threads spinning."""
+
+
+@dataclass
+class Contender:
+    """One way to run a model: a name, native or onnx, its settings, and the call."""
+
+    name: str
+    kind: str  # "native" or "onnx"
+    run: Callable[[Inputs], np.ndarray] = field(repr=False)
+    settings: dict = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list, repr=False)
+    max_abs_vs_torch: float = 0.0
+
+    def summary(self, batch: int) -> dict:
+        ms = np.array(self.seconds) * 1e3
+        return {"name": self.name, "kind": self.kind, "settings": self.settings,
+                "runs": len(ms), "p50_ms": float(np.median(ms)),
+                "p90_ms": float(np.percentile(ms, 90)),
+                "throughput": float(batch / np.mean(ms) * 1e3),
+                "max_abs_vs_torch": self.max_abs_vs_torch}
+
+
+def interleave(contenders: list[Contender], inputs: Inputs, rounds: int, calls: int,
+               settle_s: float = SETTLE_S) -> None:
+    """`rounds` rounds; in each, every contender (in a rotated order) runs one untimed call,
+    then `calls` timed calls. Before each block the machine settles for `settle_s`: the
+    previous contender's idle threads (onnxruntime's spin for a while after each run)
+    would otherwise steal the cores from this one (measured: the same session timed 40%
+    apart depending on what ran before it)."""
+    for r in range(rounds):
+        for c in contenders[r % len(contenders):] + contenders[:r % len(contenders)]:
+            time.sleep(settle_s)
+            c.run(inputs)
+            for _ in range(calls):
+                start = time.perf_counter()
+                c.run(inputs)
+                c.seconds.append(time.perf_counter() - start)
+
+
+def tuned_session(path: Path, provider: str, inputs: Inputs, calls: int = 10
+                  ) -> tuple[Session, dict]:
+    """The fastest of TUNING's settings for this file and input shape, by median latency."""
+    best = None
+    for settings in TUNING:
+        session = Session(path, provider, strict=True, **settings)
+        candidate = Contender("candidate", "onnx", session.run)
+        interleave([candidate], inputs, rounds=2, calls=calls // 2)
+        median = float(np.median(candidate.seconds))
+        if best is None or median < best[0]:
+            best = (median, session, settings)
+    return best[1], best[2]
+
+
+def onnx_contenders(files: dict[str, Path], providers: list[str], inputs: Inputs,
+                    output: str) -> list[Contender]:
+    """Per file and provider: the tuned settings, and for plain exports also onnxruntime's
+    defaults (an offline-optimised file is only worth its tuned run)."""
+    contenders = []
+    for label, path in files.items():
+        for provider in providers:
+            if not label.endswith(".opt.onnx"):
+                default = Session(path, provider, strict=True)
+                contenders.append(Contender(
+                    f"{label}@{provider}", "onnx", lambda x, s=default: s.run(x)[output],
+                    {"optimization": "all", "threads": 0, "spinning": True, "file": path.name}))
+            tuned, settings = tuned_session(path, provider, inputs)
+            contenders.append(Contender(f"{label}@{provider} tuned", "onnx",
+                                        lambda x, s=tuned: s.run(x)[output],
+                                        {**settings, "file": path.name}))
+    return contenders
+
+
+def native_contenders(twins, compile_torch: bool) -> tuple[list[Contender], dict[str, str]]:
+    """torch eager, torch.compile (where it works) and Keras through its tf.function."""
+    contenders = [Contender("torch", "native", twins.run_torch),
+                  Contender("keras", "native", twins.run_keras_compiled)]
+    skipped = {}
+    if compile_torch:
+        compiled, reason = _compiled(twins)
+        if compiled:
+            contenders.insert(1, Contender("torch.compile", "native", compiled))
+        else:
+            skipped["torch.compile"] = reason
+    return contenders, skipped
+
+
+def _compiled(twins) -> tuple[Callable[[Inputs], np.ndarray] | None, str]:
+    import torch
+
+    from onnxtwin.builders.twins import run_module
+
+    try:
+        model = torch.compile(twins.torch_model)
+        names = [t.name for t in twins.spec.signature.inputs]
+        run = lambda x: run_module(model, [x[n] for n in names], torch.float32)  # noqa: E731
+        return run, ""
+    except Exception as e:  # torch.compile needs a C++ compiler and supported ops
+        return None, f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def validate(contenders: list[Contender], inputs: Inputs, reference: np.ndarray,
+             tolerance: float = FLOAT32_ABS_TOLERANCE) -> dict[str, str]:
+    """Run each contender once (warm-up, compile); drop those that fail or disagree."""
+    dropped = {}
+    for c in list(contenders):
+        try:
+            c.max_abs_vs_torch = float(np.abs(c.run(inputs) - reference).max())
+        except Exception as e:  # a path that cannot run here is reported, not fatal
+            dropped[c.name] = f"{type(e).__name__}: {e}".splitlines()[0]
+            contenders.remove(c)
+            continue
+        if not c.max_abs_vs_torch <= tolerance:
+            dropped[c.name] = f"max abs {c.max_abs_vs_torch:.2e} vs torch > {tolerance:g}"
+            contenders.remove(c)
+    return dropped
+
+
+def targets(model: str, batch: int, results: list[dict], flops: float | None,
+            peak_gflops: float) -> list[dict]:
+    """The issue's targets for one model and batch: met or not, with the measured ratio."""
+    def best(predicate) -> float | None:
+        times = [r["p50_ms"] for r in results if predicate(r)]
+        return min(times) if times else None
+
+    native = best(lambda r: r["kind"] == "native")
+    onnx_cpu = best(lambda r: r["kind"] == "onnx" and "@cpu" in r["name"])
+    torch_file = best(lambda r: r["kind"] == "onnx" and r["name"].startswith("torch.")
+                      and "@cpu" in r["name"])
+    keras_file = best(lambda r: r["kind"] == "onnx" and r["name"].startswith("keras.")
+                      and "@cpu" in r["name"])
+    found = []
+    if native and onnx_cpu:
+        found.append(_target("onnx_cpu_vs_fastest_native", onnx_cpu / native,
+                             TARGET_ONNX_VS_NATIVE))
+    if torch_file and keras_file:
+        found.append(_target("keras_file_vs_torch_file", keras_file / torch_file,
+                             TARGET_KERAS_VS_TORCH_FILE))
+    if model == "cnn" and batch == 64 and flops and onnx_cpu:
+        fraction = flops / (onnx_cpu / 1e3) / 1e9 / peak_gflops
+        found.append({"target": "cnn_fraction_of_matmul_peak", "value": fraction,
+                      "limit": TARGET_CNN_PEAK, "met": fraction >= TARGET_CNN_PEAK})
+    return found
+
+
+def _target(name: str, ratio: float, limit: float) -> dict:
+    return {"target": name, "value": ratio, "limit": limit, "met": ratio <= limit}
+
+
+def torch_flops(twins, inputs: Inputs) -> float:
+    """Floating-point operations of one forward pass, counted by torch's FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    names = [t.name for t in twins.spec.signature.inputs]
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        twins.torch_model(*(torch.from_numpy(inputs[n]) for n in names))
+    return float(counter.get_total_flops())
+
+
+def matmul_peak_gflops(size: int = 1024, calls: int = 20) -> float:
+    """Float32 GEMM throughput of this machine: the best of onnxruntime's MatMul and numpy's."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [size, size]) for n in "ab"],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    best = 0.0
+    for run in (lambda: session.run(None, {"a": a, "b": a}), lambda: a @ a):
+        run()
+        for _ in range(calls):
+            start = time.perf_counter()
+            run()
+            best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    import onnxruntime
+    import tensorflow as tf
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) \
+        if Path("/proc/cpuinfo").exists() else platform.processor()
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+            "versions": {"torch": torch.__version__, "tensorflow": tf.__version__,
+                         "onnxruntime": onnxruntime.__version__, "numpy": np.__version__},
+            "threads": {"torch": torch.get_num_threads(),
+                        "tensorflow_intra_op":
+                            tf.config.threading.get_intra_op_parallelism_threads(),
+                        "onnxruntime": "per contender (0 = one per core)"}}
+
+
+def bench_model(twins, out: Path, batches: tuple[int, ...], seq: int, providers: list[str],
+                rounds: int, calls: int, compile_torch: bool, peak_gflops: float,
+                on_step: Callable[[str], None]) -> list[dict]:
+    """One model at each batch: every contender validated, timed interleaved, targets."""
+    from onnxtwin.builders import has_seq, sample_inputs
+    from onnxtwin.export import export_model
+    from onnxtwin.export.optimize import optimize_offline
+
+    spec = twins.spec
+    files = {}
+    for fw in ("torch", "keras"):
+        on_step(f"{spec.name}: exporting and optimising the {fw} twin")
+        files[f"{fw}.onnx"] = export_model(twins, fw, out).path
+        files[f"{fw}.opt.onnx"] = optimize_offline(files[f"{fw}.onnx"], twins, fw)[0]
+    results = []
+    for batch in batches:
+        on_step(f"{spec.name}: batch {batch}")
+        inputs = sample_inputs(spec, batch, seq if has_seq(spec) else None, seed=0)
+        natives, skipped = native_contenders(twins, compile_torch)
+        contenders = [*natives, *onnx_contenders(files, providers, inputs,
+                                                 spec.signature.outputs[0].name)]
+        skipped |= validate(contenders, inputs, twins.run_torch(inputs))
+        interleave(contenders, inputs, rounds, calls)
+        timed = [c.summary(batch) for c in contenders]
+        fastest = min(r["p50_ms"] for r in timed if r["kind"] == "native")
+        for r in timed:
+            r["vs_fastest_native"] = r["p50_ms"] / fastest
+        flops = torch_flops(twins, inputs)
+        results.append({"name": spec.name, "batch": batch,
+                        "seq": seq if has_seq(spec) else None, "flops": flops,
+                        "contenders": timed, "skipped": skipped,
+                        "targets": targets(spec.name, batch, timed, flops, peak_gflops)})
+    return results
+
+
+def run_bench(specs: list, out: Path, batches: tuple[int, ...] = BATCHES, seq: int = SEQ,
+              providers: tuple[str, ...] = ("cpu",), rounds: int = 10, calls: int = 10,
+              compile_torch: bool = True, startup: bool = True,
+              on_step: Callable[[str], None] = lambda _: None) -> dict:
+    """Benchmark `specs`; returns the document that bench.json holds."""
+    from onnxtwin.builders import build_twins
+    from onnxtwin.runtime import usable_aliases
+
+    usable = [p for p in providers if p in usable_aliases()]
+    on_step("measuring the float32 matmul peak")
+    peak = matmul_peak_gflops()
+    models = []
+    for spec in specs:
+        models += bench_model(build_twins(spec), out, batches, seq, usable, rounds, calls,
+                              compile_torch, peak, on_step)
+    found = [t for m in models for t in m["targets"]]
+    document = {"benchmark": "onnxtwin bench", "machine": machine(),
+                "matmul_peak_gflops": peak,
+                "settings": {"batches": list(batches), "seq": seq, "rounds": rounds,
+                             "calls_per_round": calls, "providers": usable,
+                             "providers_asked": list(providers), "tuning": TUNING},
+                "models": models,
+                "startup": startup_seconds(out, specs[0].name) if startup else None,
+                "summary": {"targets": len(found), "met": sum(t["met"] for t in found)}}
+    if document["startup"]:
+        document["summary"]["targets"] += len(document["startup"]["targets"])
+        document["summary"]["met"] += sum(t["met"] for t in document["startup"]["targets"])
+    return document
+
+
+TARGET_HELP_S, TARGET_FIRST_INFERENCE_S = 0.5, 1.0
+
+
+def startup_seconds(out: Path, model: str, repeats: int = 3) -> dict:
+    """Wall time of fresh processes: `onnxtwin --help`, and `onnxtwin run` and `onnxtwin
+    serve` from start to their first inference; whether they import torch or TensorFlow."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from onnxtwin.runtime.arrays import save_arrays
+    from onnxtwin.runtime.server import probe_inputs
+
+    path = out / f"{model}.torch.onnx"
+    arrays = out / "startup-inputs.npz"
+    save_arrays(arrays, probe_inputs(Session(path).inputs))
+    cli = [sys.executable, "-X", "importtime", "-c",
+           "from onnxtwin.conformance.cli import main; main()"]
+
+    def frameworks(stderr: str) -> list[str]:
+        return sorted({line.split("|")[-1].strip().split(".")[0] for line in stderr.splitlines()
+                       if line.startswith("import time:")} & {"torch", "tensorflow", "keras"})
+
+    def timed(args: list[str]) -> tuple[float, list[str]]:
+        start = time.perf_counter()
+        done = subprocess.run([*cli, *args], capture_output=True, text=True, check=True)
+        return time.perf_counter() - start, frameworks(done.stderr)
+
+    def serve_once() -> tuple[float, list[str]]:
+        start = time.perf_counter()
+        process = subprocess.Popen([*cli, "serve", str(path), "--port", "0"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            url = process.stdout.readline().split("http://")[1].split()[0]
+            body = _json_infer_body(Session(path).inputs)
+            urllib.request.urlopen(urllib.request.Request(
+                f"http://{url}/models/{path.name.removesuffix('.onnx')}/infer", body)).read()
+            seconds = time.perf_counter() - start
+        finally:
+            process.terminate()
+            _, stderr = process.communicate(timeout=60)
+        return seconds, frameworks(stderr)
+
+    measured = {
+        "help": [timed(["--help"]) for _ in range(repeats)],
+        "run_first_inference": [timed(["run", str(path), "-i", str(arrays), "-o",
+                                       str(out / "startup-outputs.npz")])
+                                for _ in range(repeats)],
+        "serve_first_inference": [serve_once() for _ in range(repeats)]}
+    result = {name: {"best_s": min(s for s, _ in runs), "runs_s": [s for s, _ in runs],
+                     "imports": sorted({m for _, ms in runs for m in ms})}
+              for name, runs in measured.items()}
+    limits = {"help": TARGET_HELP_S, "run_first_inference": TARGET_FIRST_INFERENCE_S,
+              "serve_first_inference": TARGET_FIRST_INFERENCE_S}
+    result["targets"] = [
+        {"target": f"{name}_s", "value": result[name]["best_s"], "limit": limit,
+         "met": result[name]["best_s"] <= limit and not result[name]["imports"]}
+        for name, limit in limits.items()]
+    return result
+
+
+def _json_infer_body(inputs) -> bytes:
+    import json
+
+    from onnxtwin.runtime.oip import tensor_metadata
+    from onnxtwin.runtime.server import probe_inputs
+
+    arrays = probe_inputs(inputs)
+    return json.dumps({"inputs": [
+        {**tensor_metadata(i), "shape": list(arrays[i.name].shape),
+         "data": arrays[i.name].ravel().tolist()} for i in inputs]}).encode()

@@ -1,0 +1,47 @@
+"""Offline optimisation for deployment: onnxruntime's graph optimisations applied once and
+saved, so a server loads the optimised graph; the file passes the same gate as the export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from onnxtwin.builders import Twins
+from onnxtwin.export.gate import GateCase, run_against
+from onnxtwin.runtime.errors import OnnxtwinError, first_line
+from onnxtwin.runtime.files import atomic_path
+from onnxtwin.runtime.metrics import FLOAT32_ABS_TOLERANCE
+
+SUFFIX = ".opt.onnx"
+
+
+def optimized_path(path: Path) -> Path:
+    """Where the optimised copy of NAME.FRAMEWORK.onnx goes: NAME.FRAMEWORK.opt.onnx."""
+    return path.with_name(path.name.removesuffix(".onnx") + SUFFIX)
+
+
+def optimize_offline(path: Path, twins: Twins, framework: str,
+                     tolerance: float = FLOAT32_ABS_TOLERANCE) -> tuple[Path, list[GateCase]]:
+    """Save onnxruntime's ORT_ENABLE_EXTENDED graph of `path`, gated against the twin.
+
+    Extended is the portable level: ORT_ENABLE_ALL adds NCHWc layouts for the CPU that
+    writes the file (onnxruntime warns that such a file belongs to that machine). The
+    fused ops (FusedConv, SkipLayerNormalization ...) are onnxruntime's com.microsoft
+    domain: the file is for onnxruntime, the plain export for everything else.
+    """
+    import onnxruntime as ort
+
+    target = optimized_path(path)
+    what = f"optimised {path.name}"
+    with atomic_path(target) as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(tmp)
+        options.log_severity_level = 3
+        try:
+            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own pybind types
+            raise OnnxtwinError(f"{what}: expected onnxruntime to optimise it, got: "
+                                f"{first_line(e)}") from None
+        run = twins.run_torch if framework == "torch" else twins.run_keras
+        gate = run_against(tmp, twins.spec, run, tolerance, what)
+    return target, gate

@@ -1,0 +1,113 @@
+"""`onnxtwin bench`: interleaving, validation before timing, targets from the measured numbers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from onnxtwin.builders import get_spec
+from onnxtwin.conformance.bench import (
+    TUNING,
+    Contender,
+    interleave,
+    run_bench,
+    startup_seconds,
+    targets,
+    validate,
+)
+from tests.cli_runner import onnxtwin
+
+
+def test_interleaving_rotates_the_order_every_round():
+    order = []
+    contenders = [Contender(n, "native", lambda x, n=n: order.append(n)) for n in "abc"]
+    interleave(contenders, {}, rounds=3, calls=2, settle_s=0)
+    assert "".join(order) == "aaabbbccc" "bbbcccaaa" "cccaaabbb"  # one untimed call each
+    assert [len(c.seconds) for c in contenders] == [6, 6, 6]
+
+
+def test_a_path_that_disagrees_or_fails_is_not_timed():
+    reference = np.ones((2, 10), np.float32)
+    good = Contender("good", "onnx", lambda x: reference + 1e-6)
+    wrong = Contender("wrong", "onnx", lambda x: reference + 1e-3)
+    nan = Contender("nan", "onnx", lambda x: reference * np.nan)
+    broken = Contender("broken", "native", lambda x: 1 / 0)
+    contenders = [good, wrong, nan, broken]
+    dropped = validate(contenders, {}, reference)
+    assert contenders == [good] and good.max_abs_vs_torch == pytest.approx(1e-6, rel=0.1)
+    assert dropped == {"wrong": "max abs 1.00e-03 vs torch > 1e-05",
+                       "nan": "max abs nan vs torch > 1e-05",
+                       "broken": "ZeroDivisionError: division by zero"}
+
+
+def test_targets_are_ratios_of_the_best_medians():
+    timed = [{"name": "torch", "kind": "native", "p50_ms": 10.0},
+             {"name": "keras", "kind": "native", "p50_ms": 8.0},
+             {"name": "torch.onnx@cpu", "kind": "onnx", "p50_ms": 6.0},
+             {"name": "torch.onnx@cpu tuned", "kind": "onnx", "p50_ms": 4.0},
+             {"name": "keras.onnx@cpu tuned", "kind": "onnx", "p50_ms": 5.0}]
+    found = {t["target"]: (t["value"], t["met"])
+             for t in targets("cnn", 64, timed, flops=1e9, peak_gflops=400.0)}
+    assert found == {"onnx_cpu_vs_fastest_native": (0.5, True),
+                     "keras_file_vs_torch_file": (1.25, False),
+                     "cnn_fraction_of_matmul_peak": (0.625, True)}  # 1e9 / 4 ms = 250 GFLOP/s
+
+
+def test_bench_times_every_path_of_the_cnn_and_checks_it_first(tmp_path):
+    document = run_bench([get_spec("cnn")], tmp_path, batches=(3,), rounds=2, calls=2,
+                         compile_torch=False, startup=False)
+    assert [(m["name"], m["batch"]) for m in document["models"]] == [("cnn", 3)]
+    for m in document["models"]:
+        names = [c["name"] for c in m["contenders"]]
+        assert names == ["torch", "keras", "torch.onnx@cpu", "torch.onnx@cpu tuned",
+                         "torch.opt.onnx@cpu tuned", "keras.onnx@cpu", "keras.onnx@cpu tuned",
+                         "keras.opt.onnx@cpu tuned"]
+        assert all(c["runs"] == 4 and c["max_abs_vs_torch"] <= 1e-5 for c in m["contenders"])
+        tuned = [c["settings"] for c in m["contenders"] if c["name"].endswith("tuned")]
+        assert all(s in TUNING for s in ({k: v for k, v in t.items() if k != "file"}
+                                         for t in tuned))
+        assert m["flops"] == pytest.approx(m["batch"] * 2 * (
+            26 * 26 * 32 * 9 + 11 * 11 * 64 * 288 + 3 * 3 * 64 * 576 + 576 * 64 + 64 * 10))
+        fastest = min(c["p50_ms"] for c in m["contenders"] if c["kind"] == "native")
+        assert min(c["vs_fastest_native"] for c in m["contenders"]
+                   if c["kind"] == "native") == 1.0
+        (ratio,) = [t for t in m["targets"] if t["target"] == "onnx_cpu_vs_fastest_native"]
+        assert ratio["value"] == min(c["p50_ms"] for c in m["contenders"]
+                                     if c["kind"] == "onnx") / fastest
+    assert document["matmul_peak_gflops"] > 1.0
+    assert document["summary"]["targets"] == sum(len(m["targets"]) for m in document["models"])
+
+
+def test_run_and_serve_reach_their_first_inference_without_torch_or_tensorflow(tmp_path,
+                                                                               twins_of):
+    from onnxtwin.export import export_model
+
+    export_model(twins_of("cnn"), "torch", tmp_path)
+    result = startup_seconds(tmp_path, "cnn", repeats=1)
+    for name in ("help", "run_first_inference", "serve_first_inference"):
+        assert result[name]["imports"] == [] and 0 < result[name]["best_s"] < 30
+    assert [t["target"] for t in result["targets"]] == [
+        "help_s", "run_first_inference_s", "serve_first_inference_s"]
+
+
+def test_bench_command_writes_json_markdown_and_html(tmp_path):
+    result = onnxtwin("bench", "-m", "cnn", "--batch", "2", "--rounds", "1", "--calls", "1",
+                      "--no-compile", "--no-startup", "--out", str(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "bench.json").read_text())
+    assert document["settings"]["batches"] == [2] and document["startup"] is None
+    assert "onnx_cpu_vs_fastest_native" in (tmp_path / "bench.md").read_text()
+    assert "<svg" in (tmp_path / "bench.html").read_text()
+    assert "targets met on" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--rounds", "0"], "expected --rounds, --calls, --seq and --batch >= 1, got 0"),
+    (["-m", "nope"], "unknown model 'nope'"),
+])
+def test_bench_usage_errors_are_one_line(tmp_path, args, message):
+    result = onnxtwin("bench", *args, "--out", str(tmp_path / "b"), timeout=60)
+    assert result.returncode == 2 and message in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "b").exists()
