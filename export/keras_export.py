@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from onnxtwin.builders import Twins
+from onnxtwin.export.keras_gru import keras3_gru_rewriter
 from onnxtwin.runtime.errors import OnnxtwinError
 
 
@@ -56,7 +57,7 @@ def export_keras(twins: Twins, opset: int) -> onnx.ModelProto:
 
     spec = twins.spec
     serve = keras_function(spec, twins.keras_model)
-    with _tf2onnx_errors() as errors:
+    with _tf2onnx_errors() as errors, keras3_gru_rewriter():
         proto, _ = tf2onnx.convert.from_function(
             serve, input_signature=serve.input_signature, opset=opset,
             custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])})
