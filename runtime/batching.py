@@ -16,7 +16,7 @@ class Overloaded(OnnxtwinError):
     """The queue is full: the client should retry later (HTTP 503)."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the queue removes requests, and arrays have no `==`
 class _Request:
     arrays: dict[str, np.ndarray]
     rows: int
@@ -80,18 +80,21 @@ class Scheduler:
             await self._run(await self._gather())
 
     async def _gather(self) -> list[_Request]:
-        """The next batch: the oldest request, and compatible ones behind it."""
+        """The next batch: the oldest request, and the waiting ones that fit with it (the
+        others keep their places for the next batch)."""
         batch = [self._waiting.popleft()]
         rows = batch[0].rows
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_delay_s
         while self.max_batch and rows < self.max_batch:
-            if self._waiting:
-                head = self._waiting[0]
-                if head.key != batch[0].key or rows + head.rows > self.max_batch:
-                    break
-                batch.append(self._waiting.popleft())
-                rows += head.rows
+            fitting = [r for r in self._waiting
+                       if r.key == batch[0].key and rows + r.rows <= self.max_batch]
+            for r in fitting:
+                if rows + r.rows <= self.max_batch:
+                    self._waiting.remove(r)
+                    batch.append(r)
+                    rows += r.rows
+            if fitting:
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0 or self._closing:

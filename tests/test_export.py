@@ -171,3 +171,24 @@ def test_every_variant_at_other_opsets(twins_of, name, framework, opset, tmp_pat
     r = export_model(twins_of(name), framework, tmp_path, opset=opset)
     assert r.max_abs <= TOLERANCE
     assert written_opset(onnx.load(str(r.path))) == opset
+
+
+def test_export_optimized_writes_a_gated_onnxruntime_graph(tmp_path):
+    import json
+
+    from onnxtwin.runtime import Session
+    from tests.cli_runner import onnxtwin
+
+    result = onnxtwin("export", "-m", "cnn", "--framework", "torch", "--optimized", "--out",
+                      str(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stderr
+    (record,) = json.loads((tmp_path / "export.json").read_text())["models"][0]["files"]
+    assert record["optimized"]["path"] == "cnn.torch.opt.onnx"
+    assert record["optimized"]["gate_max_abs"] <= TOLERANCE
+    optimized = onnx.load(str(tmp_path / "cnn.torch.opt.onnx"))
+    ops = {(n.domain, n.op_type) for n in optimized.graph.node}
+    assert ("com.microsoft", "FusedConv") in ops and ("", "Conv") not in ops
+    plain, fused = (Session(tmp_path / f) for f in ("cnn.torch.onnx", "cnn.torch.opt.onnx"))
+    assert fused.inputs == plain.inputs and fused.metadata == plain.metadata
+    x = sample_inputs(BUILTIN[0], 5, seed=1)
+    assert np.abs(fused.run(x)["logits"] - plain.run(x)["logits"]).max() <= 1e-6

@@ -216,16 +216,16 @@ class SlowSession:
 
 
 def test_concurrent_requests_batch_into_fewer_runs_with_identical_results(files):
+    """Rows of two sequence lengths arrive mixed; only rows of one length batch together."""
     transformer = Session(files / "transformer.torch.onnx")
     slow = SlowSession(transformer, 0.05)
-    t = tokens(48, seq=23)
+    rows = [tokens(1, seq=23 if k % 2 else 11, seed=k) for k in range(48)]
     with serving({"transformer": slow}, ServeOptions(max_batch=16, max_delay_ms=20)) as url, \
             ThreadPoolExecutor(48) as pool:
-        served = list(pool.map(lambda k: infer(url, "transformer", "tokens", t[k:k + 1]),
-                               range(48)))
-    alone = [transformer.run({"tokens": t[k:k + 1]})["logits"] for k in range(48)]
+        served = list(pool.map(lambda r: infer(url, "transformer", "tokens", r), rows))
+    alone = [transformer.run({"tokens": r})["logits"] for r in rows]
     assert [s.tobytes() for s in served] == [a.tobytes() for a in alone]
-    assert sum(slow.batches) == 48 and max(slow.batches) <= 16 and len(slow.batches) <= 12
+    assert sum(slow.batches) == 48 and max(slow.batches) <= 16 and len(slow.batches) <= 16
 
 
 def test_full_queue_answers_503_and_the_rest_are_served(files):
