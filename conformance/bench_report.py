@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxtwin.conformance.bench import TARGET_ONNX_VS_NATIVE
-from onnxtwin.conformance.render import figure, html_table, md_table, svg
-from onnxtwin.runtime.files import atomic_path
+from onnxtwin.conformance.render import figure, html_table, md_table, svg, write_texts
 
 COLUMNS = ["model", "batch", "path", "settings", "p50 ms", "p90 ms", "samples/s",
            "vs fastest native", "max abs vs torch"]
@@ -18,12 +17,8 @@ TARGET_COLUMNS = ["model", "batch", "target", "measured", "limit", "met"]
 
 def write_bench_reports(document: dict, out_dir: Path) -> list[Path]:
     """bench.json, bench.md and bench.html in `out_dir`, each written atomically."""
-    texts = {"bench.json": json.dumps(document, indent=1) + "\n",
-             "bench.md": markdown(document), "bench.html": page(document)}
-    for name, text in texts.items():
-        with atomic_path(out_dir / name) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    return [out_dir / name for name in texts]
+    return write_texts(out_dir, {"bench.json": json.dumps(document, indent=1) + "\n",
+                                 "bench.md": markdown(document), "bench.html": page(document)})
 
 
 def rows(document: dict) -> list[list[str]]:

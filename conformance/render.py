@@ -14,13 +14,17 @@ from onnxtwin.runtime.files import atomic_path
 
 def write_reports(document: dict, out_dir: str | Path) -> list[Path]:
     """Write report.json, report.md and report.html into `out_dir`, each atomically."""
-    out = Path(out_dir)
-    texts = {"report.json": json.dumps(document, indent=2) + "\n",
-             "report.md": markdown(document), "report.html": page(document)}
+    return write_texts(Path(out_dir), {"report.json": json.dumps(document, indent=2) + "\n",
+                                       "report.md": markdown(document),
+                                       "report.html": page(document)})
+
+
+def write_texts(out_dir: Path, texts: dict[str, str]) -> list[Path]:
+    """Write each named text into `out_dir` atomically; returns the paths."""
     for name, text in texts.items():
-        with atomic_path(out / name) as tmp:
+        with atomic_path(out_dir / name) as tmp:
             tmp.write_text(text, encoding="utf-8")
-    return [out / name for name in texts]
+    return [out_dir / name for name in texts]
 
 
 def summary_rows(document: dict) -> list[list[str]]:
