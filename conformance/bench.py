@@ -102,32 +102,26 @@ def onnx_contenders(files: dict[str, Path], providers: list[str], inputs: Inputs
     return contenders
 
 
-def native_contenders(twins, compile_torch: bool) -> tuple[list[Contender], dict[str, str]]:
-    """torch eager, torch.compile (where it works) and Keras through its tf.function."""
-    contenders = [Contender("torch", "native", twins.run_torch),
-                  Contender("keras", "native", twins.run_keras_compiled)]
-    skipped = {}
+def native_contenders(twins, compile_torch: bool) -> list[Contender]:
+    """torch eager, torch.compile and Keras through its tf.function. torch.compile compiles
+    on its first call, in `validate`, which reports it if it cannot compile here."""
+    contenders = [Contender("torch", "native", twins.run_torch)]
     if compile_torch:
-        compiled, reason = _compiled(twins)
-        if compiled:
-            contenders.insert(1, Contender("torch.compile", "native", compiled))
-        else:
-            skipped["torch.compile"] = reason
-    return contenders, skipped
+        contenders.append(Contender("torch.compile", "native", _compiled(twins)))
+    return [*contenders, Contender("keras", "native", twins.run_keras_compiled)]
 
 
-def _compiled(twins) -> tuple[Callable[[Inputs], np.ndarray] | None, str]:
+def _compiled(twins) -> Callable[[Inputs], np.ndarray]:
     import torch
 
     from onnxtwin.builders.twins import run_module
 
-    try:
-        model = torch.compile(twins.torch_model)
-        names = [t.name for t in twins.spec.signature.inputs]
-        run = lambda x: run_module(model, [x[n] for n in names], torch.float32)  # noqa: E731
-        return run, ""
-    except Exception as e:  # torch.compile needs a C++ compiler and supported ops
-        return None, f"{type(e).__name__}: {e}".splitlines()[0]
+    model = torch.compile(twins.torch_model)
+    names = [t.name for t in twins.spec.signature.inputs]
+
+    def run(inputs: Inputs) -> np.ndarray:
+        return run_module(model, [inputs[n] for n in names], torch.float32)
+    return run
 
 
 def validate(contenders: list[Contender], inputs: Inputs, reference: np.ndarray,
@@ -248,10 +242,9 @@ def bench_model(twins, out: Path, batches: tuple[int, ...], seq: int, providers:
     for batch in batches:
         on_step(f"{spec.name}: batch {batch}")
         inputs = sample_inputs(spec, batch, seq if has_seq(spec) else None, seed=0)
-        natives, skipped = native_contenders(twins, compile_torch)
-        contenders = [*natives, *onnx_contenders(files, providers, inputs,
-                                                 spec.signature.outputs[0].name)]
-        skipped |= validate(contenders, inputs, twins.run_torch(inputs))
+        contenders = [*native_contenders(twins, compile_torch),
+                      *onnx_contenders(files, providers, inputs, spec.signature.outputs[0].name)]
+        skipped = validate(contenders, inputs, twins.run_torch(inputs))
         interleave(contenders, inputs, rounds, calls)
         timed = [c.summary(batch) for c in contenders]
         fastest = min(r["p50_ms"] for r in timed if r["kind"] == "native")
