@@ -164,7 +164,6 @@ def create_app(sessions: Mapping[str, Session], options: ServeOptions = ServeOpt
         *routes("/v2/models/{model}/ready", model_ready),
         *routes("/v2/models/{model}/infer", infer, methods=("POST",)),
     ], exception_handlers={HTTPException: not_found}, lifespan=lifespan)
-    app.state.schedulers = schedulers
     return app
 
 

@@ -259,7 +259,7 @@ def test_readiness_fails_when_the_session_cannot_run(files):
 
 
 def test_serve_cli_imports_no_framework_and_finishes_in_flight_requests_on_sigterm(files):
-    """A real `onnxtwin serve` process: SIGTERM while a 2-second request runs."""
+    """A real `onnxtwin serve` process: SIGTERM while a 2048 x 200-token request runs."""
     command = [sys.executable, "-X", "importtime", *CLI[1:], "serve",
                str(files / "transformer.torch.onnx"), "--port", "0", "--max-batch", "0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
