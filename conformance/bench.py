@@ -303,7 +303,9 @@ def startup_seconds(out: Path, model: str, repeats: int = 3) -> dict:
 
     path = out / f"{model}.torch.onnx"
     arrays = out / "startup-inputs.npz"
-    save_arrays(arrays, probe_inputs(Session(path).inputs))
+    inputs = Session(path).inputs
+    save_arrays(arrays, probe_inputs(inputs))
+    body = _json_infer_body(inputs)
     cli = [sys.executable, "-X", "importtime", "-c",
            "from onnxtwin.conformance.cli import main; main()"]
 
@@ -322,7 +324,6 @@ def startup_seconds(out: Path, model: str, repeats: int = 3) -> dict:
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             url = process.stdout.readline().split("http://")[1].split()[0]
-            body = _json_infer_body(Session(path).inputs)
             urllib.request.urlopen(urllib.request.Request(
                 f"http://{url}/models/{path.name.removesuffix('.onnx')}/infer", body)).read()
             seconds = time.perf_counter() - start

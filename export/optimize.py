@@ -11,17 +11,11 @@ from onnxtwin.runtime.errors import OnnxtwinError, first_line
 from onnxtwin.runtime.files import atomic_path
 from onnxtwin.runtime.metrics import FLOAT32_ABS_TOLERANCE
 
-SUFFIX = ".opt.onnx"
-
-
-def optimized_path(path: Path) -> Path:
-    """Where the optimised copy of NAME.FRAMEWORK.onnx goes: NAME.FRAMEWORK.opt.onnx."""
-    return path.with_name(path.name.removesuffix(".onnx") + SUFFIX)
-
 
 def optimize_offline(path: Path, twins: Twins, framework: str,
                      tolerance: float = FLOAT32_ABS_TOLERANCE) -> tuple[Path, list[GateCase]]:
-    """Save onnxruntime's ORT_ENABLE_EXTENDED graph of `path`, gated against the twin.
+    """Save onnxruntime's ORT_ENABLE_EXTENDED graph of NAME.FRAMEWORK.onnx as
+    NAME.FRAMEWORK.opt.onnx beside it, gated against the twin.
 
     Extended is the portable level: ORT_ENABLE_ALL adds NCHWc layouts for the CPU that
     writes the file (onnxruntime warns that such a file belongs to that machine). The
@@ -30,7 +24,7 @@ def optimize_offline(path: Path, twins: Twins, framework: str,
     """
     import onnxruntime as ort
 
-    target = optimized_path(path)
+    target = path.with_name(path.name.removesuffix(".onnx") + ".opt.onnx")
     what = f"optimised {path.name}"
     with atomic_path(target) as tmp:
         options = ort.SessionOptions()

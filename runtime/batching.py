@@ -44,7 +44,6 @@ class Scheduler:
         self._arrived = asyncio.Event()
         self._closing = False
         self._worker: asyncio.Task | None = None
-        self.runs = 0  # onnxruntime runs so far (a batch counts once)
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._work())
@@ -87,14 +86,14 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_delay_s
         while self.max_batch and rows < self.max_batch:
-            fitting = [r for r in self._waiting
-                       if r.key == batch[0].key and rows + r.rows <= self.max_batch]
-            for r in fitting:
-                if rows + r.rows <= self.max_batch:
+            taken = False
+            for r in list(self._waiting):
+                if r.key == batch[0].key and rows + r.rows <= self.max_batch:
                     self._waiting.remove(r)
                     batch.append(r)
                     rows += r.rows
-            if fitting:
+                    taken = True
+            if taken:
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0 or self._closing:
@@ -116,8 +115,6 @@ class Scheduler:
                 if not r.done.done():
                     r.done.set_exception(e)
             return
-        finally:
-            self.runs += 1
         start = 0
         for r in batch:
             if not r.done.done():  # a client that went away cancelled its future

@@ -39,10 +39,15 @@ class InferRequest:
     binary_default: bool
 
 
+def protocol_shape(info: TensorInfo) -> list[int]:
+    """The tensor's dims as the protocol (and Triton's config) writes them: dynamic is -1."""
+    return [d if isinstance(d, int) else -1 for d in info.shape]
+
+
 def tensor_metadata(info: TensorInfo) -> dict[str, Any]:
-    """A tensor as the protocol describes it: dynamic dims are -1."""
+    """A tensor as the protocol describes it."""
     return {"name": info.name, "datatype": PROTOCOL_DATATYPE.get(info.dtype, info.dtype.upper()),
-            "shape": [d if isinstance(d, int) else -1 for d in info.shape]}
+            "shape": protocol_shape(info)}
 
 
 def model_metadata(name: str, version: str, inputs: tuple[TensorInfo, ...],

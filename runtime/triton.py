@@ -15,7 +15,7 @@ from typing import Any
 
 from onnxtwin.runtime.batching import batch_dim
 from onnxtwin.runtime.errors import OnnxtwinError
-from onnxtwin.runtime.oip import PROTOCOL_DATATYPE
+from onnxtwin.runtime.oip import PROTOCOL_DATATYPE, protocol_shape
 from onnxtwin.runtime.session import Session, TensorInfo
 
 KINDS = {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}
@@ -120,6 +120,6 @@ def _data_type(info: TensorInfo) -> int:
 
 
 def _dims(info: TensorInfo, batched: bool) -> list[int]:
-    """Triton's dims: -1 for dynamic; without the batch dim when Triton batches."""
-    dims = [d if isinstance(d, int) else -1 for d in info.shape]
+    """Triton's dims: without the batch dim when Triton batches."""
+    dims = protocol_shape(info)
     return dims[1:] if batched else dims
