@@ -10,6 +10,7 @@ from onnxtwin.export.gate import GateCase, run_against
 from onnxtwin.runtime.errors import OnnxtwinError, first_line
 from onnxtwin.runtime.files import atomic_path
 from onnxtwin.runtime.metrics import FLOAT32_ABS_TOLERANCE
+from onnxtwin.runtime.session import disabled_optimizers
 
 
 def optimize_offline(path: Path, twins: Twins, framework: str,
@@ -18,7 +19,8 @@ def optimize_offline(path: Path, twins: Twins, framework: str,
     NAME.FRAMEWORK.opt.onnx beside it, gated against the twin.
 
     Extended is the portable level: ORT_ENABLE_ALL adds NCHWc layouts for the CPU that
-    writes the file (onnxruntime warns that such a file belongs to that machine). The
+    writes the file (onnxruntime warns that such a file belongs to that machine). Fusions
+    slower on CPU (session.CPU_SLOW_FUSIONS) are left out, as in every CPU session. The
     fused ops (FusedConv, SkipLayerNormalization ...) are onnxruntime's com.microsoft
     domain: the file is for onnxruntime, the plain export for everything else.
     """
@@ -32,7 +34,8 @@ def optimize_offline(path: Path, twins: Twins, framework: str,
         options.optimized_model_filepath = str(tmp)
         options.log_severity_level = 3
         try:
-            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                 disabled_optimizers=disabled_optimizers("CPUExecutionProvider"))
         except Exception as e:  # onnxruntime raises its own pybind types
             raise OnnxtwinError(f"{what}: expected onnxruntime to optimise it, got: "
                                 f"{first_line(e)}") from None

@@ -192,3 +192,16 @@ def test_export_optimized_writes_a_gated_onnxruntime_graph(tmp_path):
     assert fused.inputs == plain.inputs and fused.metadata == plain.metadata
     x = sample_inputs(BUILTIN[0], 5, seed=1)
     assert np.abs(fused.run(x)["logits"] - plain.run(x)["logits"]).max() <= 1e-6
+
+
+def test_optimized_transformer_keeps_layernorm_unfused_on_cpu(twins_of, tmp_path):
+    """onnxruntime's CPU SkipLayerNormalization is slower than Add + LayerNormalization
+    (runtime.session.CPU_SLOW_FUSIONS): the offline graph must not contain it."""
+    from onnxtwin.export.optimize import optimize_offline
+
+    twins = twins_of("transformer")
+    path, gate = optimize_offline(export_model(twins, "torch", tmp_path).path, twins, "torch")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "SkipLayerNormalization" not in ops
+    assert ops.count("LayerNormalization") == 2 * twins.spec.layers
+    assert max(c.max_abs for c in gate) <= TOLERANCE
