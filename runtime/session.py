@@ -28,6 +28,10 @@ onnxruntime 1.31.1, CPU, Add + LayerNormalization on [64, 50, 64] (the Transform
 batch 64): 120 us as the two ops, 525 us as one SkipLayerNormalization (2 threads; 165
 vs 1046 us on 1); on [1, 50, 64]: 15 vs 19 us. The Transformer's torch export at batch
 64 runs 9.0 -> 7.2 ms with it left off. CUDA's SkipLayerNormalization is kept.
+Seen with it off: onnxruntime 1.31.1 crashes (SIGSEGV creating the session, level all,
+through MatmulTransposeFusion and NchwcTransformer) on a float16 copy of the graph of
+torch's seq-first MultiheadAttention; the torch twin now exports batch-first
+(builders/transformer.py), and both Transformer files' float16 copies are tested on CPU.
 """
 SIGNATURE_KEY = "onnxtwin.signature"
 """metadata_props key under which an export stamps its signature (JSON, with token vocab)."""

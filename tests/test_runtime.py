@@ -176,7 +176,8 @@ def test_io_binding_on_cpu_equals_run_and_accepts_device_values(exported):
 
 
 @pytest.mark.parametrize(("name", "framework"), [("cnn", "torch"), ("gru", "keras"),
-                                                 ("transformer", "torch")])
+                                                 ("transformer", "torch"),
+                                                 ("transformer", "keras")])
 def test_float16_copy_is_within_its_tolerance_on_cpu(exported, twins_of, tmp_path, name,
                                                      framework):
     spec = twins_of(name).spec
