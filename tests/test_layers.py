@@ -57,3 +57,25 @@ def test_sinusoidal_table():
     np.testing.assert_array_equal(table[0, 0::2], 0.0)
     np.testing.assert_array_equal(table[0, 1::2], 1.0)
     assert table[2047, 0] == np.float32(np.sin(2047.0))
+
+
+def test_batch_first_attention_equals_torch_multihead_attention():
+    """The torch twin's attention (builders/transformer.py) against nn.MultiheadAttention
+    with the same weights, in the path training and export take (grad enabled)."""
+    import torch
+
+    from onnxtwin.builders.transformer import BatchFirstAttention
+
+    torch.manual_seed(0)
+    reference = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+    ours = BatchFirstAttention(16, 4, batch_first=True)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 7, 16)
+    padding = torch.zeros(3, 7, dtype=torch.bool)
+    padding[1, 4:] = True
+    additive = torch.zeros(3, 7).masked_fill(padding, float("-inf"))  # as the layer passes it
+    expected = reference(x, x, x, key_padding_mask=padding, need_weights=False)[0]
+    got = ours(x, x, x, key_padding_mask=additive)[0]
+    assert (got - expected).abs().max().item() <= 1e-6
+    with pytest.raises(ValueError, match="expected self-attention"):
+        ours(x, x.clone(), x)
