@@ -111,3 +111,56 @@ def test_bench_usage_errors_are_one_line(tmp_path, args, message):
     result = onnxtwin("bench", *args, "--out", str(tmp_path / "b"), timeout=60)
     assert result.returncode == 2 and message in result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "b").exists()
+
+
+def test_device_bench_runs_torch_and_io_bound_onnxruntime_in_both_precisions(tmp_path):
+    """conformance/bench_device.py on the CPU (the code a GPU runs with device="cuda"):
+    float16 paths are kept within their own tolerance, and really are float16."""
+    from onnxtwin.builders import build_twins
+    from onnxtwin.conformance.bench_device import run_device_bench
+    from onnxtwin.export import export_model
+    from onnxtwin.export.float16 import FLOAT16_REL_TOLERANCE
+
+    path = export_model(build_twins("cnn"), "torch", tmp_path).path
+    document = run_device_bench([path], tmp_path / "out", device="cpu", batches=(3,),
+                                rounds=1, calls=2)
+    (model,) = document["models"]
+    assert model["skipped"] == {}
+    by_name = {c["name"]: c for c in model["contenders"]}
+    assert list(by_name) == ["torch@cpu", "torch@cpu float16", "cnn.torch@cpu bound",
+                             "cnn.torch.float16@cpu bound"]
+    for name, c in by_name.items():
+        assert c["runs"] == 2 and c["fraction_of_peak"] > 0
+        if "float16" in name:  # half precision: off by more than float32, within 0.5%
+            assert c["tolerance"] == pytest.approx(FLOAT16_REL_TOLERANCE * max(
+                1.0, abs(model["reference_max_abs"])))
+            assert 1e-5 < c["max_abs_vs_torch"] <= c["tolerance"]
+        else:
+            assert c["tolerance"] == 1e-5 and c["max_abs_vs_torch"] <= 1e-5
+    assert (tmp_path / "out" / "cnn.torch.float16.onnx").exists()
+    assert set(document["matmul_peak_tflops"]) == {"float32", "float16"}
+
+
+def test_device_bench_refuses_a_file_of_other_weights(tmp_path):
+    from onnxtwin.builders import build_twins
+    from onnxtwin.conformance.bench_device import torch_twin
+    from onnxtwin.export import export_model
+    from onnxtwin.runtime.errors import OnnxtwinError
+
+    path = export_model(build_twins("cnn", seed=1), "torch", tmp_path).path
+    with pytest.raises(OnnxtwinError, match=r"^cnn.torch.onnx: expected the seed-0 weights"):
+        torch_twin(path)
+
+
+def test_torch_flops_sees_through_the_fused_transformer_and_skips_rnns():
+    from onnxtwin.builders import build_twins, sample_inputs
+    from onnxtwin.conformance.bench import torch_flops
+
+    twins = build_twins("transformer")
+    b, s, d, h, f = 64, 50, 64, 4, 128
+    layer = 2 * b * s * d * (3 * d + d + 2 * f) + 2 * 2 * b * h * s * s * (d // h)
+    expected = 2 * layer + 2 * b * s * d + 2 * b * d * 10  # + masked-mean pool + fc
+    assert torch_flops(twins.spec, twins.torch_model, sample_inputs(twins.spec, b, s)) == \
+        expected
+    lstm = build_twins("lstm")
+    assert torch_flops(lstm.spec, lstm.torch_model, sample_inputs(lstm.spec, 2, 5)) is None

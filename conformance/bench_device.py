@@ -1,0 +1,169 @@
+"""The GPU half of the benchmark: torch on the device against onnxruntime with IO binding,
+in float32 and float16, with the fraction of the device's measured matmul peak.
+
+Runs without TensorFlow (a GPU machine need not have it): the ONNX files come from
+`onnxtwin export`, and the torch twin is rebuilt from the spec stamped in each file and
+checked against the file's weights hash. Contenders, per model and batch:
+
+- `torch@DEVICE` and `torch@DEVICE float16` (the module in half precision);
+- `FILE@PROVIDER bound`: onnxruntime with IO binding (outputs allocated on the device),
+  for the plain file and for its float16 copy (export/float16.py, inputs and outputs
+  stay float32).
+
+Each call includes copying the inputs to the device and the logits back, on both sides.
+Every path is compared with torch eager float32 on the CPU before it is timed: float32
+paths within 1e-5, float16 paths within FLOAT16_REL_TOLERANCE of the logits' scale.
+TF32 is turned off in torch, so float32 means float32 on both sides. `device="cpu"`
+runs the same code on the CPU (the tests do).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from onnxtwin.conformance.bench import Contender, Inputs, interleave, validate
+from onnxtwin.runtime import FLOAT32_ABS_TOLERANCE, Session
+
+PROVIDERS = {"cuda": "cuda", "cpu": "cpu"}  # torch device -> onnxruntime provider alias
+
+
+def torch_twin(path: Path):
+    """The torch twin an exported file was made from: its stamped spec, seed-0 weights,
+    refused unless they hash to the file's `onnxtwin.weights_hash`."""
+    import json
+
+    import onnx
+    import torch
+
+    from onnxtwin.builders import make_spec
+    from onnxtwin.builders.weights import torch_state, weights_hash
+    from onnxtwin.runtime.errors import OnnxtwinError
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
+            .metadata_props}
+    spec = make_spec(meta["onnxtwin.family"], meta["onnxtwin.variant"],
+                     **json.loads(meta["onnxtwin.hyperparameters"]))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = spec.torch_model().eval()
+    if weights_hash(torch_state(model)) != meta["onnxtwin.weights_hash"]:
+        raise OnnxtwinError(f"{path.name}: expected the seed-0 weights of {spec.name}, got a "
+                            f"file of other weights (hash {meta['onnxtwin.weights_hash'][:12]})")
+    return spec, model
+
+
+def torch_contender(model, spec, device: str, half: bool, tolerance: float) -> Contender:
+    """The module on `device` (float16 weights and float inputs if `half`)."""
+    import copy
+
+    import torch
+
+    dtype = torch.float16 if half else torch.float32
+    model = copy.deepcopy(model).to(device=device, dtype=dtype)
+    names = [t.name for t in spec.signature.inputs]
+
+    def run(inputs: Inputs) -> np.ndarray:
+        tensors = [torch.from_numpy(inputs[n]).to(device) for n in names]
+        with torch.inference_mode():
+            out = model(*(t.to(dtype) if t.is_floating_point() else t for t in tensors))
+        return out.float().cpu().numpy()
+    return Contender(f"torch@{device}" + (" float16" if half else ""), "native", run,
+                     {"dtype": "float16" if half else "float32"}, tolerance)
+
+
+def onnx_contender(path: Path, device: str, output: str, half: bool,
+                   tolerance: float) -> Contender:
+    """onnxruntime on `device`'s provider, inputs bound and outputs allocated there."""
+    session = Session(path, PROVIDERS[device], strict=True)
+    return Contender(f"{path.name.removesuffix('.onnx')}@{PROVIDERS[device]} bound", "onnx",
+                     lambda x: session.run_bound(x, device=device)[output],
+                     {"dtype": "float16" if half else "float32", "io_binding": True},
+                     tolerance)
+
+
+def matmul_peak_tflops(device: str, dtype: str, calls: int = 20) -> float:
+    """Best measured throughput of a square matmul on `device` in `dtype` (8192 on a GPU,
+    large enough to fill an H100; 512 on a CPU, where it only serves the tests)."""
+    import torch
+
+    size = 8192 if device == "cuda" else 512
+    a = torch.randn(size, size, device=device, dtype=getattr(torch, dtype))
+    best = 0.0
+    for _ in range(calls + 1):
+        _sync(device)
+        start = time.perf_counter()
+        a @ a
+        _sync(device)
+        best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e12)
+    return best
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_file(path: Path, out: Path, device: str, batches: tuple[int, ...], seq: int,
+               rounds: int, calls: int, peaks: dict[str, float]) -> list[dict]:
+    """One exported file at each batch: torch and onnxruntime, float32 and float16."""
+    import torch
+
+    from onnxtwin.builders import has_seq, sample_inputs
+    from onnxtwin.builders.twins import run_module
+    from onnxtwin.conformance.bench import torch_flops
+    from onnxtwin.export.float16 import FLOAT16_REL_TOLERANCE, to_float16
+
+    spec, model = torch_twin(path)
+    output = spec.signature.outputs[0].name
+    shaped = {batch: sample_inputs(spec, batch, seq if has_seq(spec) else None, seed=0)
+              for batch in batches}
+    half_path = to_float16(path, out / f"{path.name.removesuffix('.onnx')}.float16.onnx",
+                           list(shaped.values()), provider=PROVIDERS[device]).path
+    results = []
+    for batch, inputs in shaped.items():
+        reference = run_module(model, [inputs[t.name] for t in spec.signature.inputs],
+                               torch.float32)
+        half = FLOAT16_REL_TOLERANCE * max(1.0, float(np.abs(reference).max()))
+        contenders = [torch_contender(model, spec, device, False, FLOAT32_ABS_TOLERANCE),
+                      torch_contender(model, spec, device, True, half),
+                      onnx_contender(path, device, output, False, FLOAT32_ABS_TOLERANCE),
+                      onnx_contender(half_path, device, output, True, half)]
+        skipped = validate(contenders, inputs, reference)
+        interleave(contenders, inputs, rounds, calls)
+        flops = torch_flops(spec, model, inputs)
+        timed = [c.summary(batch) for c in contenders]
+        for c in timed:
+            c["fraction_of_peak"] = None if flops is None else \
+                flops / (c["p50_ms"] / 1e3) / 1e12 / peaks[c["settings"]["dtype"]]
+        results.append({"name": spec.name, "file": path.name, "batch": batch,
+                        "seq": seq if has_seq(spec) else None, "flops": flops,
+                        "reference_max_abs": float(np.abs(reference).max()),
+                        "contenders": timed, "skipped": skipped})
+    return results
+
+
+def run_device_bench(files: list[Path], out: Path, device: str = "cuda",
+                     batches: tuple[int, ...] = (1, 64), seq: int = 50, rounds: int = 10,
+                     calls: int = 10) -> dict:
+    """Benchmark `files` on `device`; returns the document bench_device.json holds."""
+    import onnxruntime
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    out.mkdir(parents=True, exist_ok=True)
+    peaks = {dtype: matmul_peak_tflops(device, dtype) for dtype in ("float32", "float16")}
+    models = [r for path in files
+              for r in bench_file(path, out, device, batches, seq, rounds, calls, peaks)]
+    return {"benchmark": "onnxtwin device bench", "device": device,
+            "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+            "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+            "matmul_peak_tflops": peaks,
+            "settings": {"batches": list(batches), "seq": seq, "rounds": rounds,
+                         "calls_per_round": calls, "tf32": False},
+            "models": models}
