@@ -200,7 +200,7 @@ def _is_tensordot(context, x, flat, w, free, n, **_) -> bool:
     values = [v.const_value for v in (flat, w, free, n)]
     if any(v is None for v in values) or x.shape is None or len(values[1].shape) != 2:
         return False
-    flat, w, free, n = (v.numpy().reshape(-1).tolist() for v in values)
+    flat, free, n = (v.numpy().reshape(-1).tolist() for v in (values[0], *values[2:]))
     rows, columns = values[1].shape
     return flat == [-1, rows] and free == list(range(len(x.shape) - 1)) and n == [columns]
 
@@ -213,7 +213,7 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
 
     rules = [pattern.RewriteRule(_layer_norm, _layer_norm_fused, _normalises_last_axis),
              pattern.RewriteRule(_tensordot, _matmul, _is_tensordot)]
-    graph = rewrite(ir.from_proto(onnx.shape_inference.infer_shapes(model)),
-                    pattern_rewrite_rules=rules)
-    LiftConstantsToInitializersPass(size_limit=0)(graph)  # the new gamma/beta vectors
-    return ir.to_proto(graph)
+    rewritten = rewrite(ir.from_proto(onnx.shape_inference.infer_shapes(model)),
+                        pattern_rewrite_rules=rules)
+    LiftConstantsToInitializersPass(size_limit=0)(rewritten)  # the new gamma/beta vectors
+    return ir.to_proto(rewritten)
