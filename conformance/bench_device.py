@@ -13,7 +13,8 @@ checked against the file's weights hash. Contenders, per model and batch:
 Each call includes copying the inputs to the device and the logits back, on both sides.
 Every path is compared with torch eager float32 on the CPU before it is timed: float32
 paths within 1e-5, float16 paths within FLOAT16_REL_TOLERANCE of the logits' scale.
-TF32 is turned off in torch, so float32 means float32 on both sides. `device="cpu"`
+TF32 is off in torch here and in onnxruntime's CUDA sessions (runtime.session), so
+float32 means float32 on both sides. `device="cpu"`
 runs the same code on the CPU (the tests do).
 """
 

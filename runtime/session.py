@@ -33,6 +33,10 @@ through MatmulTransposeFusion and NchwcTransformer) on a float16 copy of the gra
 torch's seq-first MultiheadAttention; the torch twin now exports batch-first
 (builders/transformer.py), and both Transformer files' float16 copies are tested on CPU.
 """
+PROVIDER_OPTIONS = {"CUDAExecutionProvider": {"use_tf32": "0"}}
+"""Options per provider. onnxruntime's CUDA provider computes float32 MatMul and Conv in
+TF32 (10-bit mantissa) unless told not to (`use_tf32` defaults to true in 1.31's
+cuda_execution_provider_info.h): errors near 1e-3 where float32 gives 1e-7."""
 SIGNATURE_KEY = "onnxtwin.signature"
 """metadata_props key under which an export stamps its signature (JSON, with token vocab)."""
 
@@ -155,6 +159,8 @@ def _create(ort: Any, path: Path, options: Any, providers: list[str]) -> Any:
                             f"data), got {size} bytes")
     try:
         return ort.InferenceSession(str(path), options, providers=providers,
+                                    provider_options=[PROVIDER_OPTIONS.get(p, {})
+                                                      for p in providers],
                                     disabled_optimizers=disabled_optimizers(providers[0]))
     except Exception as e:  # onnxruntime raises its own pybind types
         raise OnnxtwinError(f"{path}: expected an ONNX model onnxruntime can load, got: "

@@ -274,3 +274,21 @@ def test_providers_command_prints_the_probe_table():
     assert "yes" in rows["cpu"].split("│")[4]
     for status in providers():
         assert (("yes" in rows[status.alias].split("│")[4]) == status.usable)
+
+
+def test_cuda_sessions_ask_for_float32_not_tf32(exported, monkeypatch):
+    """onnxruntime's CUDA provider runs float32 MatMul/Conv in TF32 unless told not to."""
+    import onnxruntime as ort
+
+    from onnxtwin.runtime.session import _create
+
+    seen = {}
+
+    def capture(path, options, **kwargs):
+        seen.update(kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", capture)
+    _create(ort, exported("cnn"), ort.SessionOptions(),
+            ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert seen["provider_options"] == [{"use_tf32": "0"}, {}]
+    assert seen["disabled_optimizers"] == []  # CUDA keeps SkipLayerNormalization
