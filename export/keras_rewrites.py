@@ -12,12 +12,14 @@ at batch 1 (benchmarks/results/bench). Here:
   einsum reaches ONNX as one Einsum node;
 - `lower_einsums` writes each two-operand Einsum as Transpose / MatMul / Reshape with
   static shapes (0 = keep this dim), so nothing is computed from Shape at run time;
-- `simplify` fuses TF's LayerNorm into LayerNormalization and drops the tensordot's
-  Reshape pair around a MatMul (MatMul broadcasts over leading dims), with onnxscript's
-  pattern rewriter.
+- `simplify` fuses TF's LayerNorm into LayerNormalization, drops the tensordot's
+  Reshape pair around a MatMul (MatMul broadcasts over leading dims), and turns Keras'
+  masked softmax (a Where over the full [batch, heads, query, key] scores) into an
+  additive [batch, 1, 1, key] mask, with onnxscript's pattern rewriter.
 
-Each rewrite is exact algebra; the rounding order of LayerNormalization and the MatMuls
-differs from TF's, and the export gate checks the result against the Keras twin.
+Each rewrite is exact algebra (the masked softmax's bits are unchanged, see
+`_is_last_axis_mask`); the rounding order of LayerNormalization and the MatMuls differs
+from TF's, and the export gate checks the result against the Keras twin.
 """
 
 from __future__ import annotations
@@ -205,14 +207,48 @@ def _is_tensordot(context, x, flat, w, free, n, **_) -> bool:
     return flat == [-1, rows] and free == list(range(len(x.shape) - 1)) and n == [columns]
 
 
+def _masked_softmax(op, scores, ones, shape, keep, fill):
+    """Keras' masked softmax: scores where ones_like(scores) & keep, else `fill` (-1e9)."""
+    return op.Softmax(op.Where(op.And(op.Expand(ones, shape), keep), scores, fill),
+                      _allow_other_attributes=True)
+
+
+def _additive_mask(op, scores, ones, shape, keep, fill):
+    zero = op.Constant(value=_scalar(0.0))
+    return op.Softmax(op.Add(scores, op.Where(keep, zero, fill)), axis=-1)
+
+
+def _is_last_axis_mask(context, scores, ones, shape, keep, fill, **_) -> bool:
+    """A large negative `fill`, an all-true `ones`, the softmax over the last (key) axis.
+
+    The softmax is then the same bit for bit: a masked score becomes s - 1e9 instead of
+    -1e9, and exp of either, less the row's max, is 0 in float32. That needs one kept
+    key per row, which the builders require (an all-padding row attends to nothing).
+    """
+    axis = context.root.attributes.get_int("axis", -1)  # the matched Softmax
+    rank = len(scores.shape) if scores.shape is not None else None
+    values = [v.const_value for v in (ones, fill)]
+    return all(v is not None for v in values) and bool(values[0].numpy().all()) and \
+        values[1].numpy().size == 1 and float(values[1].numpy().reshape(-1)[0]) <= -1e9 and \
+        (axis == -1 or (rank is not None and axis == rank - 1))
+
+
+def _scalar(value: float):
+    from onnx_ir import tensor
+
+    return tensor(np.array(value, np.float32))
+
+
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
-    """LayerNormalization for TF's LayerNorm; a plain MatMul for TF's tensordot."""
+    """LayerNormalization for TF's LayerNorm; a plain MatMul for TF's tensordot; an
+    additive key mask for Keras' masked softmax."""
     import onnx_ir as ir
     from onnx_ir.passes.common import LiftConstantsToInitializersPass
     from onnxscript.rewriter import pattern, rewrite
 
     rules = [pattern.RewriteRule(_layer_norm, _layer_norm_fused, _normalises_last_axis),
-             pattern.RewriteRule(_tensordot, _matmul, _is_tensordot)]
+             pattern.RewriteRule(_tensordot, _matmul, _is_tensordot),
+             pattern.RewriteRule(_masked_softmax, _additive_mask, _is_last_axis_mask)]
     rewritten = rewrite(ir.from_proto(onnx.shape_inference.infer_shapes(model)),
                         pattern_rewrite_rules=rules)
     LiftConstantsToInitializersPass(size_limit=0)(rewritten)  # the new gamma/beta vectors

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxtwin.export import export_model
-from onnxtwin.export.keras_rewrites import lower_einsums
+from onnxtwin.export.keras_rewrites import lower_einsums, simplify
 
 RNG = np.random.default_rng(0)
 
@@ -88,6 +88,45 @@ def test_keras_transformer_file_is_lean_and_gated(twins_of, tmp_path):
     result = export_model(twins_of("transformer"), "keras", tmp_path)
     assert sum(result.ops.values()) < 100
     assert result.ops["LayerNormalization"] == 4 and result.ops["Where"] == 3
-    for absent in ("Einsum", "ReduceProd", "ReduceMean", "Reciprocal"):
+    for absent in ("Einsum", "ReduceProd", "ReduceMean", "Reciprocal", "And", "Expand"):
         assert absent not in result.ops
     assert result.max_abs <= 1e-5
+
+
+def _masked_softmax_model(fill: float) -> onnx.ModelProto:
+    """Keras MultiHeadAttention's masked softmax as tf2onnx writes it."""
+    nodes = [helper.make_node("Shape", ["scores"], ["shape"]),
+             helper.make_node("Expand", ["true", "shape"], ["ones"]),
+             helper.make_node("And", ["ones", "keep"], ["mask"]),
+             helper.make_node("Where", ["mask", "scores", "fill"], ["masked"]),
+             helper.make_node("Softmax", ["masked"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "masked_softmax",
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["b", 4, "t", "s"]),
+         helper.make_tensor_value_info("keep", TensorProto.BOOL, ["b", 1, 1, "s"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4, "t", "s"])],
+        [numpy_helper.from_array(np.array(True), "true"),
+         numpy_helper.from_array(np.array(fill, np.float32), "fill")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def test_masked_softmax_becomes_an_additive_mask_with_the_same_bits():
+    """Where(ones & keep, s, -1e9) -> s + Where(keep, 0, -1e9): bit-identical softmax for
+    every row with a kept key (left padding as the tokenizer makes it, scores up to 1e3)."""
+    rewritten = simplify(_masked_softmax_model(-1e9))
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert "And" not in ops and "Expand" not in ops and "Add" in ops
+    for b, t, s in ((1, 1, 1), (7, 12, 12), (64, 50, 50)):
+        keep = np.ones((b, 1, 1, s), bool)
+        for row in range(b):
+            keep[row, ..., : RNG.integers(0, s)] = False  # at least the last key is kept
+        scores = (RNG.standard_normal((b, 4, t, s)) * 10.0 ** RNG.integers(-3, 4)).astype(
+            np.float32)
+        feeds = {"scores": scores, "keep": keep}
+        assert np.array_equal(_run(rewritten, feeds), _run(_masked_softmax_model(-1e9), feeds))
+
+
+def test_a_small_fill_is_not_an_additive_mask():
+    """With fill -1, s + fill is not -1 and the softmax would change: left alone."""
+    ops = [n.op_type for n in simplify(_masked_softmax_model(-1.0)).graph.node]
+    assert "And" in ops and "Where" in ops and "Add" not in ops
