@@ -108,16 +108,20 @@ def build_twins(model: str | ModelSpec, seed: int = 0, source: Source = "torch")
     """
     spec = model if isinstance(model, ModelSpec) else get_spec(model)
     if source == "torch":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            torch_model = spec.torch_model()
-        return from_weights(spec, torch_state(torch_model))
+        return from_weights(spec, torch_state(seeded_torch_model(spec, seed)))
     if source == "keras":
         from onnxtwin.builders.keras_support import seeded
 
         seeded(seed)
         return from_keras(spec, spec.keras_model())
     raise OnnxtwinError(f"source: expected 'torch' or 'keras', got {source!r}")
+
+
+def seeded_torch_model(spec: ModelSpec, seed: int) -> torch.nn.Module:
+    """The torch twin as `seed` initialises it (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return spec.torch_model()
 
 
 def from_weights(spec: ModelSpec, weights: Weights, origin: str = "weights") -> Twins:
@@ -155,11 +159,13 @@ def load_twins(folder: str | Path) -> Twins:
     return from_weights(spec, weights, str(folder / TORCH_FILE))
 
 
-def run_module(model: torch.nn.Module, args: list[np.ndarray], dtype: torch.dtype) -> np.ndarray:
-    """Run a torch module in inference mode on numpy arrays; float inputs cast to `dtype`."""
+def run_module(model: torch.nn.Module, args: list[np.ndarray], dtype: torch.dtype,
+               device: str = "cpu") -> np.ndarray:
+    """Run a torch module (on `device`) in inference mode on numpy arrays; float inputs
+    cast to `dtype`; the output comes back as it was computed."""
     def tensor(a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = torch.from_numpy(np.ascontiguousarray(a)).to(device)
         return t.to(dtype) if t.is_floating_point() else t
 
     with torch.inference_mode():
-        return model(*(tensor(a) for a in args)).numpy()
+        return model(*(tensor(a) for a in args)).cpu().numpy()

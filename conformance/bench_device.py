@@ -28,8 +28,6 @@ import numpy as np
 from onnxtwin.conformance.bench import Contender, Inputs, interleave, validate
 from onnxtwin.runtime import FLOAT32_ABS_TOLERANCE, Session
 
-PROVIDERS = {"cuda": "cuda", "cpu": "cpu"}  # torch device -> onnxruntime provider alias
-
 
 def torch_twin(path: Path):
     """The torch twin an exported file was made from: its stamped spec, seed-0 weights,
@@ -37,19 +35,17 @@ def torch_twin(path: Path):
     import json
 
     import onnx
-    import torch
 
     from onnxtwin.builders import make_spec
+    from onnxtwin.builders.twins import seeded_torch_model
     from onnxtwin.builders.weights import torch_state, weights_hash
+    from onnxtwin.export.metadata import read_metadata
     from onnxtwin.runtime.errors import OnnxtwinError
 
-    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
-            .metadata_props}
+    meta = read_metadata(onnx.load(str(path), load_external_data=False))
     spec = make_spec(meta["onnxtwin.family"], meta["onnxtwin.variant"],
                      **json.loads(meta["onnxtwin.hyperparameters"]))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = spec.torch_model().eval()
+    model = seeded_torch_model(spec, 0).eval()
     if weights_hash(torch_state(model)) != meta["onnxtwin.weights_hash"]:
         raise OnnxtwinError(f"{path.name}: expected the seed-0 weights of {spec.name}, got a "
                             f"file of other weights (hash {meta['onnxtwin.weights_hash'][:12]})")
@@ -62,24 +58,24 @@ def torch_contender(model, spec, device: str, half: bool, tolerance: float) -> C
 
     import torch
 
+    from onnxtwin.builders.twins import run_module
+
     dtype = torch.float16 if half else torch.float32
     model = copy.deepcopy(model).to(device=device, dtype=dtype)
     names = [t.name for t in spec.signature.inputs]
 
     def run(inputs: Inputs) -> np.ndarray:
-        tensors = [torch.from_numpy(inputs[n]).to(device) for n in names]
-        with torch.inference_mode():
-            out = model(*(t.to(dtype) if t.is_floating_point() else t for t in tensors))
-        return out.float().cpu().numpy()
+        return run_module(model, [inputs[n] for n in names], dtype, device).astype(np.float32)
     return Contender(f"torch@{device}" + (" float16" if half else ""), "native", run,
                      {"dtype": "float16" if half else "float32"}, tolerance)
 
 
 def onnx_contender(path: Path, device: str, output: str, half: bool,
                    tolerance: float) -> Contender:
-    """onnxruntime on `device`'s provider, inputs bound and outputs allocated there."""
-    session = Session(path, PROVIDERS[device], strict=True)
-    return Contender(f"{path.name.removesuffix('.onnx')}@{PROVIDERS[device]} bound", "onnx",
+    """onnxruntime on `device`'s provider (the same alias), inputs bound and outputs
+    allocated there."""
+    session = Session(path, device, strict=True)
+    return Contender(f"{path.name.removesuffix('.onnx')}@{device} bound", "onnx",
                      lambda x: session.run_bound(x, device=device)[output],
                      {"dtype": "float16" if half else "float32", "io_binding": True},
                      tolerance)
@@ -124,12 +120,13 @@ def bench_file(path: Path, out: Path, device: str, batches: tuple[int, ...], seq
     shaped = {batch: sample_inputs(spec, batch, seq if has_seq(spec) else None, seed=0)
               for batch in batches}
     half_path = to_float16(path, out / f"{path.name.removesuffix('.onnx')}.float16.onnx",
-                           list(shaped.values()), provider=PROVIDERS[device]).path
+                           list(shaped.values()), provider=device).path
     results = []
     for batch, inputs in shaped.items():
         reference = run_module(model, [inputs[t.name] for t in spec.signature.inputs],
                                torch.float32)
-        half = FLOAT16_REL_TOLERANCE * max(1.0, float(np.abs(reference).max()))
+        scale = float(np.abs(reference).max())
+        half = FLOAT16_REL_TOLERANCE * max(1.0, scale)
         contenders = [torch_contender(model, spec, device, False, FLOAT32_ABS_TOLERANCE),
                       torch_contender(model, spec, device, True, half),
                       onnx_contender(path, device, output, False, FLOAT32_ABS_TOLERANCE),
@@ -143,7 +140,7 @@ def bench_file(path: Path, out: Path, device: str, batches: tuple[int, ...], seq
                 flops / (c["p50_ms"] / 1e3) / 1e12 / peaks[c["settings"]["dtype"]]
         results.append({"name": spec.name, "file": path.name, "batch": batch,
                         "seq": seq if has_seq(spec) else None, "flops": flops,
-                        "reference_max_abs": float(np.abs(reference).max()),
+                        "reference_max_abs": scale,
                         "contenders": timed, "skipped": skipped})
     return results
 
