@@ -169,10 +169,8 @@ def _layer_norm(op, x, axes, epsilon, gamma, beta):
 
 
 def _layer_norm_fused(op, x, axes, epsilon, gamma, beta):
-    from onnx_ir import tensor
-
     def vector(v):
-        return op.Constant(value=tensor(v.const_value.numpy().reshape(-1)))
+        return _constant(op, v.const_value.numpy().reshape(-1))
     return op.LayerNormalization(x, vector(gamma), vector(beta), axis=-1,
                                  epsilon=float(epsilon.const_value.numpy()))
 
@@ -214,7 +212,7 @@ def _masked_softmax(op, scores, ones, shape, keep, fill):
 
 
 def _additive_mask(op, scores, ones, shape, keep, fill):
-    zero = op.Constant(value=_scalar(0.0))
+    zero = _constant(op, np.array(0.0, np.float32))
     return op.Softmax(op.Add(scores, op.Where(keep, zero, fill)), axis=-1)
 
 
@@ -233,10 +231,11 @@ def _is_last_axis_mask(context, scores, ones, shape, keep, fill, **_) -> bool:
         (axis == -1 or (rank is not None and axis == rank - 1))
 
 
-def _scalar(value: float):
+def _constant(op, value: np.ndarray):
+    """A Constant node holding `value`, lifted to an initializer by `simplify`."""
     from onnx_ir import tensor
 
-    return tensor(np.array(value, np.float32))
+    return op.Constant(value=tensor(value))
 
 
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
