@@ -24,13 +24,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as out:
         os.environ["ONNXTWIN_CACHE"] = cache
-        from onnxtwin.builders import BUILTIN, build_twins
+        from onnxtwin.builders import build_twins, builtins
         from onnxtwin.export import FRAMEWORKS, export_model
         from onnxtwin.export.metadata import tool_versions
         from onnxtwin.runtime.files import atomic_path
 
         rows = []
-        for spec in BUILTIN:
+        for spec in builtins():
             twins = build_twins(spec)
             for framework in FRAMEWORKS:
                 timings = {}

@@ -71,7 +71,7 @@ def main() -> None:
         for name in ("cnn", "transformer"):
             twins = build_twins(name)
             session = Session(export_model(twins, "torch", out).path)
-            batches = [sample_inputs(twins.spec, 1 + i % 4, 5 + i % 11, seed=i)
+            batches = [sample_inputs(twins.spec, batch=1 + i % 4, seq=5 + i % 11, seed=i)
                        for i in range(64)]
             expected = [session.run(x)["logits"] for x in batches]
             results[name] = soak(session, batches, expected)

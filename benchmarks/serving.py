@@ -116,7 +116,7 @@ def main() -> None:
             twins = build_twins(name)
             path = export_model(twins, "torch", out).path
             session = Session(path)
-            rows = [sample_inputs(twins.spec, 1, 50, seed=i) for i in range(256)]
+            rows = [sample_inputs(twins.spec, batch=1, seq=50, seed=i) for i in range(256)]
             (input_name,) = rows[0]
             requests = [request_body(input_name, r[input_name]) for r in rows]
             expected = [session.run(r)["logits"].tobytes() for r in rows]

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxtwin.builders.inputs import has_seq
 from onnxtwin.runtime.arrays import load_arrays
 from onnxtwin.runtime.errors import OnnxtwinError
 from onnxtwin.runtime.files import existing_file
@@ -52,12 +51,11 @@ class Dataset:
     def kind(self) -> str:
         return "images" if self.tokenizer is None else "text"
 
-    def inputs(self, spec, batch: int, seq: int | None = None,
-               seed: int = 0) -> dict[str, np.ndarray]:
-        """`batch` seeded test samples as the spec's input (like `sample_inputs`, but real).
-
-        Texts are tokenized again to `seq` words; images are used as they are.
+    def inputs(self, spec, dims: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+        """`dims["batch"]` seeded test samples as the spec's input (like `sample_inputs`, but
+        real). Texts are tokenized again to `dims["seq"]` words; images are used as they are.
         """
+        batch, seq = dims["batch"], dims.get("seq")
         rows = np.random.default_rng(seed).choice(len(self.y_test), size=batch,
                                                   replace=batch > len(self.y_test))
         name = spec.signature.inputs[0].name
@@ -106,7 +104,7 @@ def load_dataset(source: str, vocab: int | None = None, seed: int = 0,
 
 def default_data(spec) -> str:
     """bbc-news for models that read tokens, fashion-mnist for image models."""
-    return "bbc-news" if has_seq(spec) else "fashion-mnist"
+    return "bbc-news" if spec.signature.inputs[0].vocab is not None else "fashion-mnist"
 
 
 def fashion_mnist() -> Dataset:

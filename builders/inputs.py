@@ -1,28 +1,33 @@
-"""Deterministic sample inputs that follow a spec's signature."""
+"""Deterministic sample inputs that follow a signature, at one point of a grid of named dims."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
-from onnxtwin.builders.signature import ModelSpec
+from onnxtwin.builders.signature import ModelSpec, Signature
 from onnxtwin.runtime.errors import OnnxtwinError
 
 
-def sample_inputs(spec: ModelSpec, batch: int, seq: int | None = None,
-                  seed: int = 0) -> dict[str, np.ndarray]:
+def sample_inputs(model: ModelSpec | Signature, dims: Mapping[str, int] | None = None,
+                  seed: int = 0, **named: int | None) -> dict[str, np.ndarray]:
     """Seeded inputs for every signature input: floats in [0, 1); token rows left-padded with 0.
 
-    Row 0 is never padded; with batch > 1 and seq > 1 the last row is half padding,
-    so padding is always present. Every row keeps at least one real token.
+    Sizes of named dims come from `dims` and keywords: `sample_inputs(spec, batch=7, seq=12)`.
+    Row 0 is never padded; with more than one row and column the last row is half
+    padding, so padding is always present. Every row keeps at least one real token.
     """
+    signature = model.signature if isinstance(model, ModelSpec) else model
+    sizes = {**(dims or {}), **named}
     rng = np.random.default_rng(seed)
-    sizes = {"batch": batch, "seq": seq}
     out = {}
-    for t in spec.signature.inputs:
-        shape = tuple(sizes.get(d, d) if isinstance(d, str) else d for d in t.shape)
+    for t in signature.inputs:
+        shape = tuple(sizes.get(d) if isinstance(d, str) else d for d in t.shape)
         if any(d is None or d < 1 for d in shape):
+            given = ", ".join(f"{d}={sizes.get(d)}" for d in signature.dims)
             raise OnnxtwinError(f"input {t.name!r}: expected positive sizes for {t.shape}, "
-                                f"got batch={batch}, seq={seq}")
+                                f"got {given}")
         if t.vocab is None:
             out[t.name] = rng.random(shape, dtype=np.float32)
             continue
@@ -34,18 +39,3 @@ def sample_inputs(spec: ModelSpec, batch: int, seq: int | None = None,
         tokens[np.arange(shape[1]) < (shape[1] - lengths)[:, None]] = 0
         out[t.name] = tokens
     return out
-
-
-CHECK_BATCHES = (1, 7)
-CHECK_SEQ_LENGTHS = (1, 12, 50)
-
-
-def check_shapes(spec: ModelSpec) -> list[tuple[int, int | None]]:
-    """(batch, seq) pairs every check runs: batch 1 and 7; for token models seq 1, 12, 50."""
-    seqs = CHECK_SEQ_LENGTHS if has_seq(spec) else (None,)
-    return [(b, s) for b in CHECK_BATCHES for s in seqs]
-
-
-def has_seq(spec: ModelSpec) -> bool:
-    """Whether the spec's inputs have a `seq` dimension."""
-    return any("seq" in t.shape for t in spec.signature.inputs)

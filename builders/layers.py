@@ -9,21 +9,52 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 Arrays = tuple[np.ndarray, ...]
+Align = Callable[[np.ndarray, Any], np.ndarray]
+"""(torch module's output, the Keras layer) -> that output as the Keras layer gives it."""
+
+
+def same_layout(output: np.ndarray, _layer: Any) -> np.ndarray:
+    return output
 
 
 @dataclass(frozen=True)
 class LayerMap:
-    """One layer's parameters: torch names <-> Keras variable paths, both directions."""
+    """One layer's parameters: torch names <-> Keras variable paths, both directions, and how
+    the torch module's output is brought to the Keras layer's (for localisation)."""
 
     layer: str
     torch_names: tuple[str, ...]
     keras_paths: tuple[str, ...]
     to_keras: Callable[..., Arrays]
     to_torch: Callable[..., Arrays]
+    align: Align = same_layout
+
+
+def fused_activation(output: np.ndarray, layer: Any) -> np.ndarray:
+    """Keras fuses a Dense/Conv layer's activation into the layer; torch applies it after."""
+    return np.asarray(layer.activation(output))
+
+
+def channels_last(output: np.ndarray, layer: Any) -> np.ndarray:
+    """A conv's channels-first output (N, C, ...) as channels-last, with the fused activation."""
+    return fused_activation(np.moveaxis(output, 1, -1), layer)
+
+
+def final_state(output: np.ndarray, layer: Any) -> np.ndarray:
+    """A torch RNN's output sequence as the Keras layer gives it: the whole sequence where the
+    Keras layer returns sequences, else the final state (for a Bidirectional layer, the
+    forward half's last step next to the backward half's first)."""
+    if not (output.ndim == 3 and len(layer.output.shape) == 2):
+        return output
+    if hasattr(layer, "backward_layer"):
+        half = output.shape[-1] // 2
+        return np.concatenate([output[:, -1, :half], output[:, 0, half:]], axis=-1)
+    return output[:, -1]
 
 
 def _params(prefix: str, *names: str) -> tuple[str, ...]:
@@ -47,6 +78,7 @@ def dense(torch_prefix: str, keras_layer: str) -> LayerMap:
         torch_prefix, _params(torch_prefix, "weight", "bias"), _vars(keras_layer, "kernel", "bias"),
         to_keras=lambda w, b: (w.T, b),
         to_torch=lambda k, b: (k.T, b),
+        align=fused_activation,
     )
 
 
@@ -65,6 +97,7 @@ def flatten_dense(torch_prefix: str, keras_layer: str,
         torch_prefix, _params(torch_prefix, "weight", "bias"), _vars(keras_layer, "kernel", "bias"),
         to_keras=lambda w, b: (w.T[perm], b),
         to_torch=lambda k, b: (k[inverse].T, b),
+        align=fused_activation,
     )
 
 
@@ -74,6 +107,7 @@ def conv2d(torch_prefix: str, keras_layer: str) -> LayerMap:
         torch_prefix, _params(torch_prefix, "weight", "bias"), _vars(keras_layer, "kernel", "bias"),
         to_keras=lambda w, b: (w.transpose(2, 3, 1, 0), b),
         to_torch=lambda k, b: (k.transpose(3, 2, 0, 1), b),
+        align=channels_last,
     )
 
 
@@ -100,6 +134,7 @@ def lstm(torch_prefix: str, keras_cell: str, reverse: bool = False) -> LayerMap:
         _vars(keras_cell, "kernel", "recurrent_kernel", "bias"),
         to_keras=lambda wi, wh, bi, bh: (wi.T, wh.T, bi + bh),
         to_torch=lambda k, r, b: (k.T, r.T, b, np.zeros_like(b)),
+        align=final_state,
     )
 
 
@@ -120,6 +155,7 @@ def gru(torch_prefix: str, keras_cell: str, reverse: bool = False) -> LayerMap:
         _vars(keras_cell, "kernel", "recurrent_kernel", "bias"),
         to_keras=lambda wi, wh, bi, bh: (g(wi).T, g(wh).T, np.stack([g(bi), g(bh)])),
         to_torch=lambda k, r, b: (g(k.T), g(r.T), g(b[0]), g(b[1])),
+        align=final_state,
     )
 
 

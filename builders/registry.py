@@ -1,7 +1,10 @@
-"""Names -> specs: the built-in variants, and the user's own from code or a TOML file.
+"""Names -> specs: families register themselves where they are defined, and so do variants.
 
-TOML format, one table per variant (fields are the family spec's; omitted ones keep
-their defaults):
+A family file decorates its spec class with `@family` and registers its built-in
+variants with `builtin(...)`, as torchvision's `@register_model` does; this module
+knows no family by name (onnxtwin.builders.families imports them). Users add variants
+from code (`register`) or a TOML file, one table per variant (fields are the family
+spec's; omitted ones keep their defaults):
 
     [models.tiny-gru]
     family = "rnn"
@@ -12,62 +15,93 @@ their defaults):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tomllib
 from pathlib import Path
 
-from onnxtwin.builders.cnn import CnnSpec
-from onnxtwin.builders.rnn import RnnSpec
 from onnxtwin.builders.signature import ModelSpec
-from onnxtwin.builders.transformer import TransformerSpec
 from onnxtwin.runtime.errors import OnnxtwinError
 
-FAMILIES: dict[str, type[ModelSpec]] = {s.family: s for s in (CnnSpec, RnnSpec, TransformerSpec)}
+_families: dict[str, type[ModelSpec]] = {}
+_builtin: dict[str, ModelSpec] = {}
+_variants: dict[str, ModelSpec] = {}
 
-BUILTIN: tuple[ModelSpec, ...] = (
-    CnnSpec(name="cnn"),
-    RnnSpec(name="lstm", cell="lstm"),
-    RnnSpec(name="gru", cell="gru"),
-    RnnSpec(name="bilstm", cell="lstm", bidirectional=True),
-    TransformerSpec(name="transformer", activation="relu"),
-    TransformerSpec(name="transformer-gelu", activation="gelu"),
-)
 
-_variants: dict[str, ModelSpec] = {s.name: s for s in BUILTIN}
+def family(cls: type[ModelSpec]) -> type[ModelSpec]:
+    """Class decorator: register a spec class under its `family` name (once)."""
+    _load_families()  # a user's family must not take a built-in family's name first
+    if cls.family in _families:
+        raise ValueError(f"family {cls.family!r} is registered twice "
+                         f"({_families[cls.family].__qualname__}, {cls.__qualname__})")
+    _families[cls.family] = cls
+    return cls
+
+
+def builtin(*specs: ModelSpec) -> None:
+    """Register a family's built-in variants; a name is taken once."""
+    _load_families()
+    for spec in specs:
+        if spec.name in _builtin:
+            raise ValueError(f"built-in model {spec.name!r} is registered twice")
+        _builtin[spec.name] = _variants[spec.name] = spec
+
+
+@functools.cache
+def _load_families() -> None:
+    """Import the built-in families (each registers on import). Re-entered harmlessly while
+    they import: the package is then already in sys.modules."""
+    import onnxtwin.builders.families  # noqa: F401
+
+
+def families() -> dict[str, type[ModelSpec]]:
+    """Family name -> spec class."""
+    _load_families()
+    return dict(_families)
+
+
+def builtins() -> tuple[ModelSpec, ...]:
+    """The built-in variants, in registration order."""
+    _load_families()
+    return tuple(_builtin.values())
 
 
 def names() -> list[str]:
     """Registered variant names, built-ins first."""
+    _load_families()
     return list(_variants)
 
 
 def get_spec(name: str) -> ModelSpec:
     """The registered spec called `name`."""
+    _load_families()
     try:
         return _variants[name]
     except KeyError:
         raise OnnxtwinError(f"unknown model {name!r}: expected one of {names()}") from None
 
 
-def make_spec(family: str, name: str, **params: object) -> ModelSpec:
-    """Build a spec of `family` from plain values (lists become tuples)."""
-    if family not in FAMILIES:
-        raise OnnxtwinError(f"model {name!r}: unknown family {family!r}, "
-                            f"expected one of {sorted(FAMILIES)}")
-    cls = FAMILIES[family]
+def make_spec(family_name: str, name: str, **params: object) -> ModelSpec:
+    """Build a spec of a family from plain values (lists become tuples)."""
+    known_families = families()
+    if family_name not in known_families:
+        raise OnnxtwinError(f"model {name!r}: unknown family {family_name!r}, "
+                            f"expected one of {sorted(known_families)}")
+    cls = known_families[family_name]
     known = [f.name for f in dataclasses.fields(cls) if f.name != "name"]
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise OnnxtwinError(f"model {name!r}: unknown field(s) {unknown} for family {family!r}, "
-                            f"expected some of {known}")
+        raise OnnxtwinError(f"model {name!r}: unknown field(s) {unknown} for family "
+                            f"{family_name!r}, expected some of {known}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
     return cls(name=name, **values)
 
 
 def register(spec: ModelSpec) -> ModelSpec:
-    """Add a variant; a built-in name cannot be taken."""
-    if any(s.name == spec.name for s in BUILTIN):
+    """Add a user variant; a built-in name cannot be taken."""
+    _load_families()
+    if spec.name in _builtin:
         raise OnnxtwinError(f"model {spec.name!r}: expected a name that is not built in "
-                            f"({[s.name for s in BUILTIN]})")
+                            f"({list(_builtin)})")
     _variants[spec.name] = spec
     return spec
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
+from onnxtwin.builders import grids
 from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.metrics import FLOAT32_ABS_TOLERANCE
 
 Dim = int | str
 """A fixed size, or the name of a dynamic dimension (`batch`, `seq`)."""
@@ -32,16 +35,36 @@ class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
+    @property
+    def dims(self) -> tuple[str, ...]:
+        """The named dynamic dims of the inputs, in order of first appearance."""
+        return tuple(dict.fromkeys(d for t in self.inputs for d in t.shape
+                                   if isinstance(d, str)))
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Base of the family specs: a frozen, hashable description of one architecture.
+    """Base of the family specs: a frozen, hashable description of one architecture, and the
+    whole contract of its family.
 
-    Subclasses set `family`, add their hyper-parameters as fields, and implement
-    `signature` and `check`; `name` is the variant's name in the registry.
+    Subclasses set `family`, add their hyper-parameters as fields, and implement `check`,
+    `signature`, `torch_model`, `keras_model` and `layer_maps`; `name` is the variant's
+    name in the registry. Policy is class attributes (as in Optimum's export configs):
+    the grids the gate and the matrix run, and the float32 tolerance.
     """
 
     family: ClassVar[str]
+    GATE_GRID: ClassVar[Mapping[str, tuple[int, ...]]] = grids.GATE
+    MATRIX_GRID: ClassVar[Mapping[str, tuple[int, ...]]] = grids.MATRIX
+    TOLERANCE: ClassVar[float] = FLOAT32_ABS_TOLERANCE
     name: str
 
     def __post_init__(self) -> None:
@@ -55,6 +78,26 @@ class ModelSpec:
     @property
     def signature(self) -> Signature:
         raise NotImplementedError
+
+    def torch_model(self):
+        """A new torch twin (torch's default initialisation)."""
+        raise NotImplementedError
+
+    def keras_model(self):
+        """A new Keras twin (Keras' default initialisation)."""
+        raise NotImplementedError
+
+    def layer_maps(self) -> list:
+        """The LayerMaps (onnxtwin.builders.layers) of every parameterised layer, in call order."""
+        raise NotImplementedError
+
+    def gate_points(self) -> list[dict[str, int]]:
+        """The points of GATE_GRID over this signature's dims."""
+        return grids.combinations(self.GATE_GRID, self.signature.dims)
+
+    def matrix_points(self) -> list[dict[str, int]]:
+        """The points of MATRIX_GRID over this signature's dims."""
+        return grids.combinations(self.MATRIX_GRID, self.signature.dims)
 
     def init_for_training(self, model) -> None:
         """Re-initialise a new torch twin before training; torch's defaults unless overridden."""

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from onnxtwin.builders.datasets import Dataset
-from onnxtwin.builders.inputs import has_seq
 from onnxtwin.builders.registry import get_spec
 from onnxtwin.builders.signature import ModelSpec
 from onnxtwin.builders.twins import SOURCES, Twins, from_keras, from_weights, load_twins
@@ -108,7 +107,8 @@ def load_trained(folder: str | Path) -> Trained:
 def spec_for(model: str | ModelSpec, data: Dataset) -> ModelSpec:
     """The model's spec with one output per class, checked against the data's inputs."""
     spec = model if isinstance(model, ModelSpec) else get_spec(model)
-    tokens, expected = has_seq(spec), spec.signature.inputs[0]
+    expected = spec.signature.inputs[0]
+    tokens = expected.vocab is not None
     if tokens != (data.kind == "text"):
         raise OnnxtwinError(f"model {spec.name!r} ({spec.family}): expected "
                             f"{'text' if tokens else 'image'} data, got {data.kind} "

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import numpy as np
 import torch
 
+from onnxtwin.builders.paths import KerasFunctionPath, KerasPath, TorchPath, oracle_path
 from onnxtwin.builders.registry import get_spec, make_spec
 from onnxtwin.builders.signature import ModelSpec
 from onnxtwin.builders.weights import (
@@ -47,44 +46,32 @@ class Twins:
         """The canonical weights: the torch state dict as numpy arrays."""
         return torch_state(self.torch_model)
 
-    def run_torch(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return run_module(self.torch_model, self._ordered(inputs), torch.float32)
+    @property
+    def torch(self) -> TorchPath:
+        """The torch twin in float32."""
+        return TorchPath(self.torch_model, *self._names())
 
-    def run_oracle(self, inputs: dict[str, np.ndarray], jitter: int | None = None) -> np.ndarray:
-        """The torch twin run in float64 on the same float32 weights and inputs: the reference.
+    @property
+    def keras(self) -> KerasPath:
+        """The Keras twin called eagerly."""
+        return KerasPath(self.keras_model, *self._names())
 
-        With `jitter` (a seed), every weight is first moved by a random relative amount of
-        at most 2**-24, float32's rounding error: how far that moves the output measures
-        how sensitive an input is to float32 rounding.
-        """
-        model = copy.deepcopy(self.torch_model).double()
-        if jitter is not None:
-            generator = torch.Generator().manual_seed(jitter)
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.mul_(1 + (2 * torch.rand(p.shape, generator=generator,
-                                               dtype=torch.float64) - 1) * 2.0 ** -24)
-        return run_module(model, self._ordered(inputs), torch.float64)
-
-    def run_keras(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        args = self._ordered(inputs)
-        return np.asarray(self.keras_model(args[0] if len(args) == 1 else args, training=False))
-
-    def run_keras_compiled(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    @property
+    def keras_compiled(self) -> KerasFunctionPath:
         """The Keras twin through its tf.function (traced once): how Keras is deployed."""
         if self._keras_function is None:
             from onnxtwin.builders.keras_support import keras_function
 
             self._keras_function = keras_function(self.spec, self.keras_model)
-        output = self.spec.signature.outputs[0].name
-        return self._keras_function(*self._ordered(inputs))[output].numpy()
+        return KerasFunctionPath(self._keras_function, *self._names())
 
-    def _ordered(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        expected = [t.name for t in self.spec.signature.inputs]
-        if sorted(inputs) != sorted(expected):
-            raise OnnxtwinError(f"model {self.spec.name!r}: expected inputs {expected}, "
-                                f"got {sorted(inputs)}")
-        return [inputs[n] for n in expected]
+    def oracle(self, jitter: int | None = None) -> TorchPath:
+        """The torch twin run in float64 on the same float32 weights and inputs: the reference
+        (see `oracle_path` for `jitter`)."""
+        return oracle_path(self.torch_model, *self._names(), jitter=jitter)
+
+    def _names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return self.spec.signature.input_names, self.spec.signature.output_names
 
     def save(self, out_dir: str | Path) -> Path:
         """Write spec.json, the torch weights (safetensors) and the Keras weights (.weights.h5)."""
@@ -157,15 +144,3 @@ def load_twins(folder: str | Path) -> Twins:
         raise OnnxtwinError(f"{folder / TORCH_FILE}: expected weights for spec "
                             f"{spec.spec_hash[:12]}, got {stored.get('spec_hash', 'none')[:12]}")
     return from_weights(spec, weights, str(folder / TORCH_FILE))
-
-
-def run_module(model: torch.nn.Module, args: list[np.ndarray], dtype: torch.dtype,
-               device: str = "cpu") -> np.ndarray:
-    """Run a torch module (on `device`) in inference mode on numpy arrays; float inputs
-    cast to `dtype`; the output comes back as it was computed."""
-    def tensor(a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(a)).to(device)
-        return t.to(dtype) if t.is_floating_point() else t
-
-    with torch.inference_mode():
-        return model(*(tensor(a) for a in args)).cpu().numpy()

@@ -21,18 +21,18 @@ Passing: 100.0% agreement between all paths and no unexplained error.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from onnxtwin.runtime.comparison import Case, OutputTolerances, compare_paths, tolerance_for
 from onnxtwin.runtime.metrics import json_ready
+from onnxtwin.runtime.paths import ModelPath
 
 EVAL_BATCH = 250
 CONDITIONING_FACTOR = 4.0
 RELATIVE_ULPS = 32
-
-Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -82,35 +82,42 @@ class AccuracyResult:
                 "pairs": [json_ready(asdict(p)) for p in self.pairs]}
 
 
-def evaluate(runners: dict[str, Runner], oracle: Runner, jittered_oracle: Runner,
-             x: np.ndarray, y: np.ndarray, input_name: str, output: str, tolerance: float,
-             data: str, batch: int = EVAL_BATCH) -> AccuracyResult:
-    """Run every path and both oracles over `x` in batches; score and compare them."""
-    def logits(run: Runner) -> np.ndarray:
-        return np.concatenate([run({input_name: x[i: i + batch]})[output]
-                               for i in range(0, len(x), batch)]).astype(np.float64)
+def evaluate(paths: Sequence[ModelPath], oracle: ModelPath, jittered_oracle: ModelPath,
+             x: np.ndarray, y: np.ndarray, tolerances: OutputTolerances, data: str,
+             batch: int = EVAL_BATCH) -> AccuracyResult:
+    """Run every path and both oracles over `x` in batches (the comparison engine, keeping the
+    outputs); score the first output (the logits) sample by sample."""
+    name, output = oracle.input_names[0], oracle.output_names[0]
+    tolerance = tolerance_for(tolerances, output)
+    cases = [Case({"batch": len(x[i: i + batch])}, {name: x[i: i + batch]})
+             for i in range(0, len(x), batch)]
+    runs = compare_paths([*paths, jittered_oracle], oracle, cases,
+                         tolerances, pairs="reference", keep_outputs=True).outputs
 
-    reference = logits(oracle)
-    sensitivity = _row_max_abs(logits(jittered_oracle), reference)
+    def logits(path: str) -> np.ndarray:
+        return np.concatenate([r[output] for r in runs[path]]).astype(np.float64)
+
+    reference = logits(oracle.name)
+    sensitivity = _row_max_abs(logits(jittered_oracle.name), reference)
     scale = np.abs(reference).reshape(len(reference), -1).max(axis=1)
     ulp = np.spacing(scale.astype(np.float32)).astype(np.float64)
     allowed = np.maximum.reduce([np.full(len(reference), tolerance), RELATIVE_ULPS * ulp,
                                  CONDITIONING_FACTOR * sensitivity])
-    results = {name: logits(run) for name, run in runners.items()}
+    results = {p.name: logits(p.name) for p in paths}
     predicted = {name: r.argmax(axis=-1) for name, r in results.items()}
-    paths = []
+    scored = []
     for name, r in results.items():
         error = _row_max_abs(r, reference)
-        paths.append(PathAccuracy(name, float((predicted[name] == y).mean()), float(error.max()),
-                                  float((error / ulp).max()), int((error > tolerance).sum()),
-                                  int((error > allowed).sum())))
+        scored.append(PathAccuracy(name, float((predicted[name] == y).mean()), float(error.max()),
+                                   float((error / ulp).max()), int((error > tolerance).sum()),
+                                   int((error > allowed).sum())))
     pairs = tuple(Agreement(a, b, float((predicted[a] == predicted[b]).mean()),
                             int((predicted[a] != predicted[b]).sum()),
                             float(_row_max_abs(results[a], results[b]).max()))
                   for a, b in itertools.combinations(results, 2))
     return AccuracyResult(data, len(y), tolerance, float(sensitivity.max()),
                           int((CONDITIONING_FACTOR * sensitivity > tolerance).sum()),
-                          tuple(paths), pairs)
+                          tuple(scored), pairs)
 
 
 def _row_max_abs(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxtwin.builders import Twins
+from onnxtwin.builders.layers import LayerMap
 
 
 @dataclass(frozen=True)
@@ -36,18 +37,19 @@ def localise(twins: Twins, inputs: dict[str, np.ndarray], tolerance: float) -> L
     its submodules (the fused fast path skips their hooks).
     """
     modules = dict(twins.torch_model.named_modules())
-    pairs = list(dict.fromkeys((_owner(m.torch_names[0]), m.keras_paths[0].split("/")[0])
-                               for m in twins.spec.layer_maps()))
+    pairs: dict[tuple[str, str], LayerMap] = {}
+    for m in twins.spec.layer_maps():  # one pair per layer: a BiLSTM's two directions are one
+        pairs.setdefault((_owner(m.torch_names[0]), m.keras_paths[0].split("/")[0]), m)
     torch_out = _torch_activations(twins, inputs, [modules[t] for t, _ in pairs])
     keras_out = _keras_activations(twins, inputs, [k for _, k in pairs])
     diffs, first = [], None
-    for torch_name, keras_name in pairs:
-        layer = twins.keras_model.get_layer(keras_name)
-        aligned = _align(torch_out.get(torch_name), keras_out[keras_name], layer)
-        if aligned is None:
+    for (torch_name, keras_name), layer_map in pairs.items():
+        t, k = torch_out.get(torch_name), keras_out[keras_name]
+        if t is not None:
+            t = layer_map.align(t, twins.keras_model.get_layer(keras_name))
+        if t is None or t.shape != k.shape:
             diffs.append(LayerDiff(torch_name, keras_name, None, False))
             continue
-        t, k = aligned
         error = float(np.abs(t - k).max())
         diverged = not error <= tolerance * max(1.0, float(np.abs(t).max()))
         diffs.append(LayerDiff(torch_name, keras_name, error, diverged))
@@ -93,22 +95,3 @@ def _keras_activations(twins: Twins, inputs: dict[str, np.ndarray],
     args = [inputs[t.name] for t in twins.spec.signature.inputs]
     outputs = probe(args, training=False)
     return {n: np.asarray(o) for n, o in zip(names, outputs, strict=True)}
-
-
-def _align(t: np.ndarray | None, k: np.ndarray, layer) -> tuple[np.ndarray, np.ndarray] | None:
-    """Bring a torch activation to the Keras layer's layout and activation, if they map."""
-    from onnxtwin.builders.keras_support import keras
-
-    if t is None:
-        return None
-    if t.ndim == 4:  # NCHW -> NHWC
-        t = t.transpose(0, 2, 3, 1)
-    if t.ndim == 3 and k.ndim == 2:  # torch RNN sequence -> Keras final state
-        if type(layer).__name__ == "Bidirectional":
-            half = t.shape[-1] // 2
-            t = np.concatenate([t[:, -1, :half], t[:, 0, half:]], axis=-1)
-        else:
-            t = t[:, -1]
-    if isinstance(layer, keras.layers.Dense | keras.layers.Conv2D):
-        t = np.asarray(layer.activation(t))  # Keras fuses the activation into the layer
-    return (t, k) if t.shape == k.shape else None

@@ -1,49 +1,51 @@
-"""Native parity: torch twin vs Keras twin vs the float64 oracle, at several shapes."""
+"""Native parity: torch twin vs Keras twin vs the float64 oracle, at the gate's points."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from onnxtwin.builders import Twins, check_shapes, sample_inputs
-from onnxtwin.runtime.metrics import FLOAT32_ABS_TOLERANCE, Comparison, compare
+from onnxtwin.builders import Twins, grids, sample_inputs
+from onnxtwin.builders.paths import ORACLE
+from onnxtwin.runtime.comparison import REPORTED_DIMS, Case, Comparisons, compare_paths
+from onnxtwin.runtime.metrics import json_ready
 
 PAIRS = ("torch_vs_keras", "torch_vs_oracle", "keras_vs_oracle")
-
-
-@dataclass(frozen=True)
-class NativeCase:
-    """One input shape: the three comparisons."""
-
-    batch: int
-    seq: int | None
-    torch_vs_keras: Comparison
-    torch_vs_oracle: Comparison
-    keras_vs_oracle: Comparison
+_PAIR_PATHS = {"torch_vs_keras": ("torch", "keras"), "torch_vs_oracle": ("torch", ORACLE),
+               "keras_vs_oracle": ("keras", ORACLE)}
 
 
 @dataclass(frozen=True)
 class NativeParity:
-    """Every shape of one twin pair, with the tolerance each comparison must meet."""
+    """Every point of one twin pair's comparisons, with the tolerance each must meet."""
 
     model: str
     tolerance: float
-    cases: tuple[NativeCase, ...]
+    result: Comparisons
 
     def worst(self, pair: str) -> float:
-        """Largest max abs error of one pair over all shapes."""
-        return max(getattr(c, pair).max_abs for c in self.cases)
+        """Largest max abs error of one pair (a PAIRS name) over all points and outputs."""
+        return self.result.worst(*_PAIR_PATHS[pair])
 
     @property
     def passed(self) -> bool:
-        return all(getattr(c, p).passed(self.tolerance) for c in self.cases for p in PAIRS)
+        return self.result.passed
+
+    def to_dict(self) -> dict:
+        """parity.json's record: per point and output, the three comparisons."""
+        cases: dict[tuple, dict] = {}
+        for c in self.result.checks:
+            case = cases.setdefault((tuple(c.dims.items()), c.output),
+                                    {**dict.fromkeys(REPORTED_DIMS), **c.dims, "output": c.output})
+            pair = next(p for p, paths in _PAIR_PATHS.items() if paths == (c.actual, c.expected))
+            case[pair] = json_ready(asdict(c.metrics))
+        return {"model": self.model, "tolerance": self.tolerance, "cases": list(cases.values())}
 
 
-def native_parity(twins: Twins, tolerance: float = FLOAT32_ABS_TOLERANCE,
-                  seed: int = 1) -> NativeParity:
-    """Run both twins and the oracle on seeded inputs at every native shape and compare."""
-    cases = []
-    for batch, seq in check_shapes(twins.spec):
-        x = sample_inputs(twins.spec, batch, seq, seed=seed)
-        oracle, t, k = twins.run_oracle(x), twins.run_torch(x), twins.run_keras(x)
-        cases.append(NativeCase(batch, seq, compare(t, k), compare(t, oracle), compare(k, oracle)))
-    return NativeParity(twins.spec.name, tolerance, tuple(cases))
+def native_parity(twins: Twins, tolerance: float | None = None,
+                  seed: int = grids.NATIVE_SEED) -> NativeParity:
+    """Run both twins and the oracle on seeded inputs at every gate point and compare."""
+    tolerance = twins.spec.TOLERANCE if tolerance is None else tolerance
+    cases = (Case(dims, sample_inputs(twins.spec, dims, seed=seed))
+             for dims in twins.spec.gate_points())
+    result = compare_paths([twins.torch, twins.keras], twins.oracle(), cases, tolerance)
+    return NativeParity(twins.spec.name, tolerance, result)

@@ -1,82 +1,82 @@
 """Parity assertions for a user's own pair: torch vs Keras, or an ONNX file vs its framework.
 
-The same metrics as the matrix (max abs, max rel to the output scale, argmax agreement,
-NaN/Inf), with a failure message that shows every comparison.
+Thin uses of the comparison engine (onnxtwin.runtime.comparison) on one case, every
+output compared, with a failure message that shows every comparison.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnxtwin.runtime import FLOAT32_ABS_TOLERANCE, Comparison, Session, compare
+from onnxtwin.runtime import FLOAT32_ABS_TOLERANCE, Session
+from onnxtwin.runtime.comparison import Case, Comparisons, compare_paths
+from onnxtwin.runtime.paths import FunctionPath, ModelPath, OnnxPath, PathInfo
 
 Inputs = Mapping[str, np.ndarray]
 
 
-def twins_agree(torch_model: Any, keras_model: Any, inputs: Inputs,
-                oracle: bool = True) -> dict[str, Comparison]:
-    """torch vs Keras on the same inputs (positional, in mapping order), and each vs float64 torch.
+def twins_agree(torch_model: Any, keras_model: Any, inputs: Inputs, oracle: bool = True,
+                tolerance: float = FLOAT32_ABS_TOLERANCE) -> Comparisons:
+    """torch vs Keras on the same inputs (positional, in mapping order), and each vs float64
+    torch (a deep copy of the torch model in double precision)."""
+    from onnxtwin.builders.paths import KerasPath, TorchPath, oracle_path
 
-    The float64 oracle runs a deep copy of the torch model in double precision.
-    """
-    import torch
-
-    from onnxtwin.builders.twins import run_module
-
-    args = list(inputs.values())
-    torch_out = run_module(torch_model.eval(), args, torch.float32)
-    keras_out = np.asarray(keras_model(args, training=False))
-    results = {"torch vs keras": compare(torch_out, keras_out)}
-    if oracle:
-        reference = run_module(copy.deepcopy(torch_model).double(), args, torch.float64)
-        results["torch vs oracle"] = compare(torch_out, reference)
-        results["keras vs oracle"] = compare(keras_out, reference)
-    return results
+    names = list(inputs)
+    reference = oracle_path(torch_model, names, ()) if oracle else None
+    return compare_paths([TorchPath(torch_model, names, ()), KerasPath(keras_model, names, ())],
+                         reference, [Case({}, dict(inputs))], tolerance)
 
 
 def assert_twins_agree(torch_model: Any, keras_model: Any, inputs: Inputs,
                        tolerance: float = FLOAT32_ABS_TOLERANCE, oracle: bool = True) -> None:
     """AssertionError, listing every comparison, unless all are within `tolerance` (max abs)."""
-    _assert(twins_agree(torch_model, keras_model, inputs, oracle), tolerance)
+    _assert(twins_agree(torch_model, keras_model, inputs, oracle, tolerance), tolerance)
 
 
 def assert_onnx_matches(path: str | Path, reference: Any, inputs: Inputs,
                         tolerance: float = FLOAT32_ABS_TOLERANCE, provider: str = "cpu") -> None:
-    """An ONNX file's first output on onnxruntime against a torch module, Keras model or callable.
+    """An ONNX file on onnxruntime against a torch module, Keras model or callable, on every
+    output of the file.
 
     `inputs` are named as the file's inputs; the reference receives them positionally
     (a callable receives the mapping). The provider is strict: no silent CPU fallback.
     """
     session = Session(path, provider, strict=True)
-    got = session.run(inputs)[session.outputs[0].name]
-    expected = _reference_runner(reference)(inputs)
-    _assert({f"{Path(path).name} on {session.provider} vs reference": compare(got, expected)},
-            tolerance)
+    onnx_path = OnnxPath(session, f"{Path(path).name} on {session.provider}")
+    names, outputs = onnx_path.input_names, onnx_path.output_names
+    result = compare_paths([onnx_path], _reference_path(reference, names, outputs),
+                           [Case({}, dict(inputs))], tolerance, pairs="reference")
+    _assert(result, tolerance)
 
 
-def _reference_runner(reference: Any) -> Callable[[Inputs], np.ndarray]:
+def _reference_path(reference: Any, inputs: tuple[str, ...],
+                    outputs: tuple[str, ...]) -> ModelPath:
     if hasattr(reference, "state_dict"):  # a torch module
-        import torch
+        from onnxtwin.builders.paths import TorchPath
 
-        from onnxtwin.builders.twins import run_module
-
-        return lambda x: run_module(reference.eval(), list(x.values()), torch.float32)
+        return TorchPath(reference, inputs, outputs, "reference")
     if hasattr(reference, "get_layer"):  # a Keras model
-        return lambda x: np.asarray(reference(list(x.values()), training=False))
-    return lambda x: np.asarray(reference(x))
+        from onnxtwin.builders.paths import KerasPath
+
+        return KerasPath(reference, inputs, outputs, "reference")
+    return FunctionPath(PathInfo("reference", "python"),
+                        lambda *args: reference(dict(zip(inputs, args, strict=True))),
+                        inputs, outputs)
 
 
-def _assert(results: dict[str, Comparison], tolerance: float) -> None:
-    if all(c.passed(tolerance) for c in results.values()):
+def _assert(result: Comparisons, tolerance: float) -> None:
+    if result.passed:
         return
+    several = len({c.output for c in result.checks}) > 1
     lines = [f"parity failed (tolerance {tolerance:g} max abs):"]
-    for name, c in results.items():
-        verdict = "ok" if c.passed(tolerance) else "FAIL"
-        lines.append(f"  {name}: max abs {c.max_abs:.3g}, max rel {c.max_rel:.3g}, argmax "
-                     f"agreement {c.argmax_agreement:.1%}, NaN/Inf {c.nonfinite}  {verdict}")
+    for c in sorted(result.checks, key=lambda c: c.expected == result.reference):
+        m, verdict = c.metrics, "ok" if c.passed else "FAIL"
+        output = f" [{c.output}]" if several else ""
+        lines.append(f"  {c.actual} vs {c.expected}{output}: max abs {m.max_abs:.3g}, max rel "
+                     f"{m.max_rel:.3g}, argmax agreement {m.argmax_agreement:.1%}, NaN/Inf "
+                     f"{m.nonfinite}  {verdict}" + (f" ({c.detail})" if c.detail else ""))
     raise AssertionError("\n".join(lines))

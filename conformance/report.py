@@ -4,31 +4,13 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 
-from onnxtwin.builders import Twins, build_twins
-from onnxtwin.builders.datasets import Dataset, load_dataset
-from onnxtwin.builders.signature import ModelSpec
-from onnxtwin.builders.training import load_trained
-from onnxtwin.conformance.matrix import (
-    MATRIX_BATCHES,
-    MATRIX_SEQS,
-    TIMING_BATCH,
-    TIMING_SEQ,
-    ModelResult,
-    run_matrix,
-    step_count,
-)
+from onnxtwin.builders import grids
+from onnxtwin.conformance.matrix import ModelResult
 from onnxtwin.conformance.tolerances import Tolerances
-from onnxtwin.export import DEFAULT_OPSET
 from onnxtwin.export.metadata import TOOLS, tool_versions
-from onnxtwin.runtime import OnnxtwinError, ProviderStatus, probe, usable_aliases
-from onnxtwin.runtime import providers as probe_all
+from onnxtwin.runtime import ProviderStatus
 
 SCHEMA_ID = "onnxtwin-report/1"
 REPORTED_TOOLS = (*TOOLS, "keras", "onnxruntime-gpu", "onnxruntime", "numpy")
@@ -64,8 +46,9 @@ class Report:
             "versions": versions(),
             "machine": machine(),
             "settings": {"seed": self.seed, "opset": self.opset, "trained": self.trained,
-                         "batches": list(MATRIX_BATCHES), "seq_lengths": list(MATRIX_SEQS),
-                         "timing": {"batch": TIMING_BATCH, "seq": TIMING_SEQ},
+                         "batches": list(grids.MATRIX["batch"]),
+                         "seq_lengths": list(grids.MATRIX["seq"]),
+                         "timing": dict(grids.TIMING),
                          "tolerances": self.tolerances.to_dict()},
             "providers": [{**asdict(p), "ran": p.alias in self.ran_on} for p in self.providers],
             "models": [_model_dict(m) for m in self.models],
@@ -74,55 +57,6 @@ class Report:
                         "failed": sum(not c.passed for c in checks),
                         "seconds": round(self.seconds, 3)},
         }
-
-
-def select_providers(requested: list[str] | None) -> list[str]:
-    """Every usable provider by default; a requested one that cannot run is a usage error."""
-    if not requested:
-        return usable_aliases()
-    chosen = []
-    for alias in requested:
-        status = probe(alias.strip().lower())
-        if not status.usable:
-            raise OnnxtwinError(f"provider {status.alias!r}: expected it to run here, got: "
-                                f"{status.reason}")
-        chosen.append(status.alias)
-    return list(dict.fromkeys(chosen))
-
-
-def check(specs: list[ModelSpec], out_dir: str | Path, providers: list[str] | None = None,
-          tolerances: Tolerances | None = None, opset: int = DEFAULT_OPSET, seed: int = 0,
-          use_cache: bool = True, timing_runs: int = 20,
-          on_model: Callable[[ModelSpec, int], Callable[[str], None]] = lambda *_: lambda _: None,
-          trained: str | Path | None = None) -> Report:
-    """Run the matrix for every spec and collect it.
-
-    The twins are built with `seed` (torch initialisation), or with `trained` they are
-    loaded from TRAINED/NAME (written by `onnxtwin train`) and checked on their test data.
-    Exported files go to `out_dir`; write the reports with `write_reports`.
-    """
-    start = time.perf_counter()
-    ran_on = select_providers(providers)
-    tolerances = tolerances or Tolerances()
-    results = []
-    for spec in specs:
-        step = on_model(spec, step_count(spec, trained is not None) + 1)  # +1: building the twins
-        step(f"{spec.name}: " + ("loading trained twins and their data" if trained
-                                 else "building twins"))
-        twins, data = (_trained(Path(trained) / spec.name) if trained
-                       else (build_twins(spec, seed=seed), None))
-        results.append(run_matrix(twins, out_dir, ran_on, tolerances, opset, seed, use_cache,
-                                  timing_runs, step, data))
-    return Report(datetime.now(UTC).isoformat(timespec="seconds"), tuple(sys.argv), seed, opset,
-                  tolerances, tuple(probe_all()), tuple(ran_on), tuple(results),
-                  time.perf_counter() - start, None if trained is None else str(trained))
-
-
-def _trained(folder: Path) -> tuple[Twins, Dataset]:
-    """Trained twins, and their dataset split and tokenized exactly as in training."""
-    trained = load_trained(folder)
-    return trained.twins, load_dataset(trained.data, seed=trained.seed,
-                                       tokenizer=trained.tokenizer)
 
 
 TIMINGS = frozenset({"created", "seconds", "latency", "cache_hit"})
@@ -164,7 +98,8 @@ def _model_dict(m: ModelResult) -> dict:
         "exports": [{**e.to_dict(), "path": e.path.name} for e in m.exports],
         "graph_differences": list(m.differences),
         "comparisons": [c.to_dict() for c in m.checks],
-        "latency": [{"path": t.path, "seq": t.seq, **asdict(t.timing)} for t in m.latency],
+        "latency": [{"path": t.path, "seq": t.dims.get("seq"), **asdict(t.timing)}
+                    for t in m.latency],
         "localisation": None if m.localisation is None else asdict(m.localisation),
         "accuracy": None if m.accuracy is None else m.accuracy.to_dict(),
     }

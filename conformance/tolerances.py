@@ -14,31 +14,42 @@ DEFAULTS = {"float32": FLOAT32_ABS_TOLERANCE, "float64": 1e-12}
 
 @dataclass(frozen=True)
 class Tolerances:
-    """Max abs error allowed for one output: per (model, output), else per model, else per dtype.
+    """Max abs error allowed for one output: per (model, output), else per model, else the
+    user's default for its dtype, else the family's float32 TOLERANCE, else DEFAULTS.
 
-    `models` maps a model name to one number (every output) or to {output: number}.
+    `models` maps a model name to one number (every output) or to {output: number};
+    `defaults` holds the user's per-dtype defaults (`--tolerance`).
     """
 
-    defaults: dict[str, float] = field(default_factory=lambda: dict(DEFAULTS))
+    defaults: dict[str, float] = field(default_factory=dict)
     models: dict[str, float | dict[str, float]] = field(default_factory=dict)
 
-    def get(self, model: str, output: str, dtype: str) -> float:
+    def get(self, model: str, output: str, dtype: str, family: float | None = None) -> float:
         override = self.models.get(model)
         if isinstance(override, dict) and output in override:
             return override[output]
         if isinstance(override, int | float):
             return float(override)
-        if dtype not in self.defaults:
+        if dtype in self.defaults:
+            return self.defaults[dtype]
+        if dtype == "float32" and family is not None:
+            return family
+        if dtype not in DEFAULTS:
             raise OnnxtwinError(f"tolerance for {model}/{output}: expected a default for dtype "
-                                f"{dtype!r} ({sorted(self.defaults)}), got none")
-        return self.defaults[dtype]
+                                f"{dtype!r} ({sorted(DEFAULTS)}), got none")
+        return DEFAULTS[dtype]
+
+    def for_model(self, spec) -> dict[str, float]:
+        """{output: tolerance} for every output of a spec (the engine's per-output table)."""
+        return {o.name: self.get(spec.name, o.name, o.dtype, spec.TOLERANCE)
+                for o in spec.signature.outputs}
 
     def with_default(self, dtype: str, value: float) -> Tolerances:
         return Tolerances({**self.defaults, dtype: _positive(value, f"default {dtype}")},
                           self.models)
 
     def to_dict(self) -> dict:
-        return {"defaults": self.defaults, "models": self.models}
+        return {"defaults": {**DEFAULTS, **self.defaults}, "models": self.models}
 
 
 def load_tolerances(path: str | Path | None) -> Tolerances:

@@ -27,15 +27,18 @@ def cache_key(**parts: object) -> str:
 
 @functools.cache
 def code_hash() -> str:
-    """sha256 of onnxtwin.builders' and onnxtwin.export's source files: a changed builder
-    (say, another pooling op) never hits an entry exported by the old one."""
+    """sha256 of every source file under onnxtwin.builders and onnxtwin.export, subpackages
+    included: a changed builder (say, another pooling op) never hits an entry exported by
+    the old one."""
     import onnxtwin.builders
     import onnxtwin.export
 
     digest = hashlib.sha256()
     for package in (onnxtwin.builders, onnxtwin.export):
-        for source in sorted(Path(package.__path__[0]).glob("*.py")):
-            digest.update(source.name.encode() + b"\0" + source.read_bytes())
+        root = Path(package.__path__[0])
+        for source in sorted(root.rglob("*.py")):
+            digest.update(source.relative_to(root).as_posix().encode() + b"\0"
+                          + source.read_bytes())
     return digest.hexdigest()
 
 

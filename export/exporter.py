@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,12 +14,12 @@ from onnxtwin.builders.weights import keras_state, weights_hash
 from onnxtwin.export import cache
 from onnxtwin.export.gate import GateCase, check_file, run_against
 from onnxtwin.export.graphs import node_ops
-from onnxtwin.export.metadata import stamp, tool_versions
+from onnxtwin.export.metadata import export_props, stamp
 from onnxtwin.export.signature import apply_signature
 from onnxtwin.runtime.errors import OnnxtwinError
 from onnxtwin.runtime.files import atomic_path
 from onnxtwin.runtime.metrics import FLOAT32_ABS_TOLERANCE
-from onnxtwin.runtime.session import SIGNATURE_KEY
+from onnxtwin.runtime.paths import ModelPath
 
 FRAMEWORKS = ("torch", "keras")
 OPSETS = {"torch": (17, 18, 19, 20), "keras": (17, 18)}  # tf2onnx 1.17 stops at 18
@@ -49,7 +48,12 @@ class ExportResult:
         return max(c.max_abs for c in self.gate)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "path": str(self.path)}
+        return {**asdict(self), "path": str(self.path), "gate": [c.to_dict() for c in self.gate]}
+
+
+def framework_path(twins: Twins, framework: str) -> ModelPath:
+    """The path a file exported from `framework` is gated against: the twin it came from."""
+    return twins.torch if framework == "torch" else twins.keras
 
 
 def check_request(framework: str, opset: int) -> None:
@@ -77,13 +81,8 @@ def export_model(twins: Twins, framework: str, out_dir: str | Path, opset: int =
     check_request(framework, opset)
     spec, start = twins.spec, time.perf_counter()
     path = Path(out_dir) / f"{spec.name}.{framework}.onnx"
-    weights, versions = weights_hash(twins.weights), tool_versions()
-    props = {"onnxtwin.family": spec.family, "onnxtwin.variant": spec.name,
-             "onnxtwin.framework": framework, "onnxtwin.spec_hash": spec.spec_hash,
-             "onnxtwin.weights_hash": weights, "onnxtwin.opset": str(opset),
-             "onnxtwin.hyperparameters": json.dumps(spec.hyperparameters(), sort_keys=True),
-             SIGNATURE_KEY: json.dumps(asdict(spec.signature)),
-             **{f"onnxtwin.version.{k}": v for k, v in versions.items()}}
+    weights = weights_hash(twins.weights)
+    props = export_props(spec, framework, weights, opset)
     # The file holds the exported twin's own weights: for Keras, what the layer maps made of
     # the torch weights. Hash those too, so a changed mapping never hits a stale entry.
     exported_weights = weights if framework == "torch" else weights_hash(
@@ -91,7 +90,7 @@ def export_model(twins: Twins, framework: str, out_dir: str | Path, opset: int =
     key = cache.cache_key(props=props, exported_weights=exported_weights, ir=IR_VERSION,
                           tolerance=tolerance)
     if use_cache and (hit := cache.fetch(key, path)):
-        gate = tuple(GateCase(**c) for c in hit["gate"])
+        gate = tuple(GateCase.from_dict(c) for c in hit["gate"])
         return ExportResult(spec.name, framework, path, opset, hit["ops"], gate, True,
                             time.perf_counter() - start)
 
@@ -99,14 +98,13 @@ def export_model(twins: Twins, framework: str, out_dir: str | Path, opset: int =
     model = apply_signature(_export(twins, framework, opset), spec.signature)
     model.ir_version = min(model.ir_version, IR_VERSION)
     stamp(model, props)
-    run = twins.run_torch if framework == "torch" else twins.run_keras
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
         checked = check_file(tmp, opset, what)
-        gate = tuple(run_against(tmp, spec, run, tolerance, what))
+        gate = tuple(run_against(tmp, spec, framework_path(twins, framework), tolerance, what))
         ops = dict(sorted(collections.Counter(op for _, op in node_ops(checked.graph)).items()))
         if use_cache:
-            cache.store(key, tmp, {"gate": [asdict(c) for c in gate], "ops": ops})
+            cache.store(key, tmp, {"gate": [c.to_dict() for c in gate], "ops": ops})
     return ExportResult(spec.name, framework, path, opset, ops, gate, False,
                         time.perf_counter() - start)
 

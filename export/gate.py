@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 
-from onnxtwin.builders import ModelSpec, check_shapes, sample_inputs
+from onnxtwin.builders import ModelSpec, grids, sample_inputs
 from onnxtwin.export.graphs import node_ops, written_opset
+from onnxtwin.runtime.comparison import REPORTED_DIMS, Case, PathFailed, compare_paths, describe
 from onnxtwin.runtime.errors import OnnxtwinError, first_line
-from onnxtwin.runtime.metrics import compare
+from onnxtwin.runtime.paths import ModelPath, OnnxPath
 from onnxtwin.runtime.session import Session
-
-Run = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 @dataclass(frozen=True)
 class GateCase:
-    """One validation shape: the ONNX file's max abs error against its framework twin."""
+    """One validation point: the ONNX file's max abs error (over its outputs) against its
+    framework twin."""
 
-    batch: int
-    seq: int | None
+    dims: dict[str, int]
     max_abs: float
+
+    def to_dict(self) -> dict:
+        return {**dict.fromkeys(REPORTED_DIMS), **self.dims, "max_abs": self.max_abs}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> GateCase:
+        return cls({k: v for k, v in record.items() if k != "max_abs" and v is not None},
+                   record["max_abs"])
 
 
 def check_file(path: Path, opset: int, what: str) -> onnx.ModelProto:
@@ -45,27 +50,30 @@ def check_file(path: Path, opset: int, what: str) -> onnx.ModelProto:
     return model
 
 
-def run_against(path: Path, spec: ModelSpec, framework: Run, tolerance: float,
+def run_against(path: Path, spec: ModelSpec, framework: ModelPath, tolerance: float,
                 what: str) -> list[GateCase]:
-    """Run the file on onnxruntime CPU at every validation shape and compare with the twin."""
+    """Run the file on onnxruntime CPU at every gate point and compare it with the framework
+    path on every output; the first point outside `tolerance` refuses the file."""
     try:
-        session = Session(path, "cpu", strict=True)
+        onnx_path = OnnxPath(Session(path, "cpu", strict=True), name=path.name)
+        result = compare_paths(
+            [onnx_path], framework,
+            (Case(dims, sample_inputs(spec, dims, seed=grids.GATE_SEED))
+             for dims in spec.gate_points()),
+            tolerance, pairs="reference", fail_fast=True)
+    except PathFailed as e:
+        raise OnnxtwinError(f"{what} at {describe(e.dims)}: {e.cause}") from None
     except OnnxtwinError as e:
         raise OnnxtwinError(f"{what}: {e}") from None
-    output = spec.signature.outputs[0].name
-    cases = []
-    for batch, seq in check_shapes(spec):
-        inputs = sample_inputs(spec, batch, seq, seed=7)
-        shape = f"batch {batch}" + (f", seq {seq}" if seq else "")
-        try:
-            got = session.run(inputs)[output]
-        except OnnxtwinError as e:
-            raise OnnxtwinError(f"{what} at {shape}: {e}") from None
-        expected = framework(inputs)
-        error = compare(got, expected).max_abs if got.shape == expected.shape else float("inf")
-        if not error <= tolerance:
-            raise OnnxtwinError(f"{what}: expected outputs within {tolerance:g} of the framework "
-                                f"at {shape}, got max abs error {error:.3g} "
-                                f"(shape {got.shape} vs {expected.shape})")
-        cases.append(GateCase(batch, seq, error))
-    return cases
+    if failed := result.failed:
+        c = failed[0]
+        detail = f" ({c.detail})" if c.detail else ""
+        raise OnnxtwinError(f"{what}: expected outputs within {tolerance:g} of the framework "
+                            f"at {c.where()}, got max abs error {c.metrics.max_abs:.3g} on "
+                            f"{c.output!r}{detail}")
+    worst: dict[tuple, GateCase] = {}
+    for c in result.checks:
+        key = tuple(c.dims.items())
+        if key not in worst or c.metrics.max_abs > worst[key].max_abs:
+            worst[key] = GateCase(c.dims, c.metrics.max_abs)
+    return list(worst.values())

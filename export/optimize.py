@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from onnxtwin.builders import Twins
+from onnxtwin.export.exporter import framework_path
 from onnxtwin.export.gate import GateCase, run_against
 from onnxtwin.runtime.errors import OnnxtwinError, first_line
 from onnxtwin.runtime.files import atomic_path
@@ -39,6 +40,5 @@ def optimize_offline(path: Path, twins: Twins, framework: str,
         except Exception as e:  # onnxruntime raises its own pybind types
             raise OnnxtwinError(f"{what}: expected onnxruntime to optimise it, got: "
                                 f"{first_line(e)}") from None
-        run = twins.run_torch if framework == "torch" else twins.run_keras
-        gate = run_against(tmp, twins.spec, run, tolerance, what)
+        gate = run_against(tmp, twins.spec, framework_path(twins, framework), tolerance, what)
     return target, gate

@@ -10,11 +10,7 @@ from collections.abc import Iterator
 import onnx
 import torch
 
-from onnxtwin.builders import Twins, has_seq, sample_inputs
-
-# Example sizes: at least 2 and different from each other, or the exporter may make a
-# dimension static (PITFALLS.md); the gate then runs other sizes.
-EXAMPLE_BATCH, EXAMPLE_SEQ = 3, 5
+from onnxtwin.builders import Twins, grids, sample_inputs
 
 
 @contextlib.contextmanager
@@ -36,9 +32,10 @@ def rnn_while_loop_decompositions() -> Iterator[None]:
 
 
 def export_torch(twins: Twins, opset: int) -> onnx.ModelProto:
-    """Trace the torch twin at the example shape with dynamic `batch`/`seq` dims."""
+    """Trace the torch twin at the example shape (grids.EXPORT_EXAMPLE) with every named dim
+    dynamic; the gate then runs other sizes."""
     spec = twins.spec
-    example = sample_inputs(spec, EXAMPLE_BATCH, EXAMPLE_SEQ if has_seq(spec) else None, seed=0)
+    example = sample_inputs(spec, grids.EXPORT_EXAMPLE, seed=grids.EXAMPLE_SEED)
     args = tuple(torch.from_numpy(example[t.name]) for t in spec.signature.inputs)
     dynamic = {t.name: {i: torch.export.Dim.DYNAMIC for i, d in enumerate(t.shape)
                         if isinstance(d, str)} for t in spec.signature.inputs}

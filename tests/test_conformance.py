@@ -12,9 +12,11 @@ import pytest
 from cli_runner import onnxtwin
 from typer.testing import CliRunner
 
-from onnxtwin.builders import BUILTIN, get_spec, layers
-from onnxtwin.builders.cnn import CnnSpec
-from onnxtwin.conformance import Tolerances, check, load_tolerances, write_reports
+from onnxtwin.builders import builtins, get_spec, layers
+from onnxtwin.builders.families.cnn import CnnSpec
+from onnxtwin.conformance.orchestrator import CheckOptions, check
+from onnxtwin.conformance.render import write_reports
+from onnxtwin.conformance.tolerances import Tolerances, load_tolerances
 from onnxtwin.conformance.cli import app
 from onnxtwin.conformance.report import without_timings
 from onnxtwin.runtime import FLOAT32_ABS_TOLERANCE, OnnxtwinError, probe
@@ -26,7 +28,7 @@ SCHEMA = json.loads(files("onnxtwin.conformance").joinpath("report.schema.json")
 def checked(tmp_path_factory):
     """check() on cnn and gru (CPU), with the reports written: (report, document, folder)."""
     out = tmp_path_factory.mktemp("report")
-    report = check([get_spec("cnn"), get_spec("gru")], out, timing_runs=3)
+    report = check([get_spec("cnn"), get_spec("gru")], out, CheckOptions(timing_runs=3))
     document = report.to_dict()
     write_reports(document, out)
     return report, document, out
@@ -100,7 +102,7 @@ def test_html_is_self_contained_with_both_plots_and_markdown_has_the_summary(che
 def test_two_checks_with_the_same_arguments_report_the_same_apart_from_timings(checked,
                                                                              tmp_path):
     _, first, _ = checked
-    second = check([get_spec("cnn"), get_spec("gru")], tmp_path, timing_runs=3).to_dict()
+    second = check([get_spec("cnn"), get_spec("gru")], tmp_path, CheckOptions(timing_runs=3)).to_dict()
     assert first["models"][0]["latency"] != second["models"][0]["latency"]  # timings do vary
     assert without_timings(second) == without_timings(first)
 
@@ -173,7 +175,7 @@ from onnxtwin.builders import build_twins, sample_inputs
 from onnxtwin.export import export_model
 
 TWINS = build_twins("cnn")
-X = sample_inputs(TWINS.spec, 4, seed=5)
+X = sample_inputs(TWINS.spec, batch=4, seed=5)
 
 def test_pair_agrees(assert_twins_agree):
     assert_twins_agree(TWINS.torch_model, TWINS.keras_model, X)
@@ -210,10 +212,10 @@ def test_the_default_matrix_passes_on_every_builtin_model(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads((tmp_path / "report.json").read_text())
     jsonschema.validate(document, SCHEMA)
-    assert [m["name"] for m in document["models"]] == [s.name for s in BUILTIN]
+    assert [m["name"] for m in document["models"]] == [s.name for s in builtins()]
     shapes = {m["name"]: len({(c["batch"], c["seq"]) for c in m["comparisons"]})
               for m in document["models"]}
-    assert shapes == {"cnn": 2, **{s.name: 8 for s in BUILTIN if s.family != "cnn"}}
+    assert shapes == {"cnn": 2, **{s.name: 8 for s in builtins() if s.family != "cnn"}}
     assert all(c["max_abs"] <= FLOAT32_ABS_TOLERANCE for m in document["models"]
                for c in m["comparisons"])
-    assert len(list(tmp_path.glob("*.onnx"))) == 2 * len(BUILTIN)
+    assert len(list(tmp_path.glob("*.onnx"))) == 2 * len(builtins())

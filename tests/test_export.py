@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxtwin.builders import BUILTIN, sample_inputs
+from onnxtwin.builders import builtins, sample_inputs
 from onnxtwin.export import cache as export_cache
 from onnxtwin.export import export_model, graph_differences
 from onnxtwin.export.gate import check_file
@@ -17,7 +17,7 @@ from onnxtwin.export.metadata import read_metadata
 from onnxtwin.export.signature import read_signature
 from onnxtwin.runtime.errors import OnnxtwinError
 
-NAMES = [s.name for s in BUILTIN]
+NAMES = [s.name for s in builtins()]
 TOLERANCE = 1e-5
 
 
@@ -56,7 +56,7 @@ def test_files_are_interchangeable_at_new_shapes(twins_of, tmp_path):
                                  providers=["CPUExecutionProvider"]).run(["logits"], x)[0]
             for fw in ("torch", "keras")]
     np.testing.assert_allclose(outs[0], outs[1], atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(outs[0], twins.run_oracle(x), atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(outs[0], twins.oracle().run(x)["logits"], atol=TOLERANCE, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["cnn", "gru", "transformer-gelu"])
@@ -200,7 +200,7 @@ def test_export_optimized_writes_a_gated_onnxruntime_graph(tmp_path):
     assert ("com.microsoft", "FusedConv") in ops and ("", "Conv") not in ops
     plain, fused = (Session(tmp_path / f) for f in ("cnn.torch.onnx", "cnn.torch.opt.onnx"))
     assert fused.inputs == plain.inputs and fused.metadata == plain.metadata
-    x = sample_inputs(BUILTIN[0], 5, seed=1)
+    x = sample_inputs(builtins()[0], batch=5, seed=1)
     assert np.abs(fused.run(x)["logits"] - plain.run(x)["logits"]).max() <= 1e-6
 
 

@@ -64,7 +64,7 @@ def test_batch_first_attention_equals_torch_multihead_attention():
     with the same weights, in the path training and export take (grad enabled)."""
     import torch
 
-    from onnxtwin.builders.transformer import BatchFirstAttention
+    from onnxtwin.builders.families.transformer import BatchFirstAttention
 
     torch.manual_seed(0)
     reference = torch.nn.MultiheadAttention(16, 4, batch_first=True)

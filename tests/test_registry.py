@@ -92,3 +92,21 @@ def test_spec_hash_ignores_the_name_only():
     a, b = make_spec("rnn", "a"), make_spec("rnn", "b")
     assert a.spec_hash == b.spec_hash == get_spec("lstm").spec_hash
     assert make_spec("rnn", "a", classes=9).spec_hash != a.spec_hash
+
+
+def test_the_registry_refuses_a_second_family_or_builtin_of_one_name(clean_registry):
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from onnxtwin.builders.registry import builtin, family
+    from onnxtwin.builders.signature import ModelSpec
+
+    with pytest.raises(ValueError, match=r"^family 'rnn' is registered twice \(RnnSpec, .*Other\)$"):
+        @family
+        @dataclass(frozen=True)
+        class Other(ModelSpec):
+            family: ClassVar[str] = "rnn"
+            name: str = "other"
+    with pytest.raises(ValueError, match=r"^built-in model 'gru' is registered twice$"):
+        builtin(make_spec("rnn", "gru", cell="gru"))
+    assert get_spec("gru").cell == "gru" and get_spec("gru").hidden == (64, 32)

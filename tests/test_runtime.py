@@ -76,7 +76,7 @@ def test_outputs_by_name_match_the_framework_at_unseen_shapes(exported, twins_of
     x = sample_inputs(twins.spec, batch=5, seq=17, seed=3)
     out = session.run(x)
     assert list(out) == ["logits"] and out["logits"].shape == (5, 10)
-    assert compare(out["logits"], twins.run_torch(x)).max_abs <= FLOAT32_ABS_TOLERANCE
+    assert compare(out["logits"], twins.torch.run(x)["logits"]).max_abs <= FLOAT32_ABS_TOLERANCE
 
 
 TOKENS = np.ones((2, 9), np.int64)
@@ -181,7 +181,7 @@ def test_io_binding_on_cpu_equals_run_and_accepts_device_values(exported):
 def test_float16_copy_is_within_its_tolerance_on_cpu(exported, twins_of, tmp_path, name,
                                                      framework):
     spec = twins_of(name).spec
-    inputs = [sample_inputs(spec, b, 12 if spec.family != "cnn" else None, seed=b)
+    inputs = [sample_inputs(spec, batch=b, seq=12, seed=b)
               for b in (1, 7)]
     result = to_float16(exported(name, framework), tmp_path / "half.onnx", inputs, provider="cpu")
     assert 0 < result.max_rel <= FLOAT16_REL_TOLERANCE
@@ -190,7 +190,7 @@ def test_float16_copy_is_within_its_tolerance_on_cpu(exported, twins_of, tmp_pat
 
 
 def test_a_float16_copy_outside_tolerance_is_not_written(exported, twins_of, tmp_path):
-    inputs = [sample_inputs(twins_of("cnn").spec, 7, seed=0)]
+    inputs = [sample_inputs(twins_of("cnn").spec, batch=7, seed=0)]
     with pytest.raises(OnnxtwinError, match=r"^float16 copy of cnn.torch.onnx: expected max "
                                             r"error within 1e-06 of the output scale, got "):
         to_float16(exported("cnn"), tmp_path / "half.onnx", inputs, "cpu", tolerance=1e-6)
@@ -200,7 +200,7 @@ def test_a_float16_copy_outside_tolerance_is_not_written(exported, twins_of, tmp
 @needs_cuda
 def test_cuda_session_io_binding_and_float16(exported, twins_of, tmp_path):
     spec = twins_of("transformer").spec
-    x = sample_inputs(spec, 7, 50, seed=2)
+    x = sample_inputs(spec, batch=7, seq=50, seed=2)
     cpu = Session(exported("transformer")).run(x)["logits"]
     session = Session(exported("transformer"), "cuda", strict=True)
     assert session.provider == "CUDAExecutionProvider"

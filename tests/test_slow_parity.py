@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from onnxtwin.builders import BUILTIN, build_twins, has_seq, sample_inputs
-from onnxtwin.runtime.metrics import compare
+from onnxtwin.builders import build_twins, builtins, grids, sample_inputs
+from onnxtwin.runtime.comparison import Case, compare_paths
 
 pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5
 
 
 @pytest.mark.parametrize("source", ["torch", "keras"])
-@pytest.mark.parametrize("name", [s.name for s in BUILTIN])
+@pytest.mark.parametrize("name", [s.name for s in builtins()])
 def test_parity_on_other_seeds_batch_64_and_long_sequences(name, source):
-    for seed in (11, 12):
+    for seed in grids.SLOW_SEEDS:
         twins = build_twins(name, seed=seed, source=source)
-        seqs = (256, 2048) if twins.spec.family == "transformer" else (256,)
-        for seq in seqs if has_seq(twins.spec) else (None,):
-            x = sample_inputs(twins.spec, batch=64 if seq != 2048 else 4, seq=seq, seed=seed)
-            oracle, t, k = twins.run_oracle(x), twins.run_torch(x), twins.run_keras(x)
-            for pair, c in {"torch-keras": compare(t, k), "torch-oracle": compare(t, oracle),
-                            "keras-oracle": compare(k, oracle)}.items():
-                assert c.passed(TOLERANCE), (name, source, seed, seq, pair, c.max_abs)
+        grid = [grids.SLOW] + ([grids.LONG] if twins.spec.family == "transformer" else [])
+        points = [d for g in grid for d in grids.combinations(g, twins.spec.signature.dims)]
+        result = compare_paths([twins.torch, twins.keras], twins.oracle(),
+                               [Case(d, sample_inputs(twins.spec, d, seed=seed)) for d in points],
+                               TOLERANCE)
+        assert result.checks and result.passed, [(c.actual, c.expected, c.dims, c.metrics.max_abs)
+                                                 for c in result.failed]

@@ -12,7 +12,7 @@ import pytest
 from cli_runner import onnxtwin
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from onnxtwin.builders import BUILTIN
+from onnxtwin.builders import builtins
 from onnxtwin.builders.datasets import bbc_news_texts, fashion_mnist, load_dataset
 from onnxtwin.builders.training import Recipe, load_trained, train
 from onnxtwin.conformance.accuracy import evaluate
@@ -172,11 +172,8 @@ def test_model_and_data_must_match(bbc, fashion):
 def agreement(trained, data):
     """evaluate() on the twins alone (no export): torch and keras vs the oracle and each other."""
     twins = trained.twins
-    return evaluate({"torch": lambda x: {"logits": twins.run_torch(x)},
-                     "keras": lambda x: {"logits": twins.run_keras_compiled(x)}},
-                    lambda x: {"logits": twins.run_oracle(x)},
-                    lambda x: {"logits": twins.run_oracle(x, jitter=0)}, data.x_test, data.y_test,
-                    twins.spec.signature.inputs[0].name, "logits", 1e-5, data.name)
+    return evaluate([twins.torch, twins.keras_compiled], twins.oracle(), twins.oracle(jitter=0),
+                    data.x_test, data.y_test, 1e-5, data.name)
 
 
 def test_cnn_learns_fashion_mnist_subset_and_twins_agree(fashion):
@@ -228,7 +225,7 @@ def test_trained_folder_round_trips(tmp_path, bbc):
     assert again.tokenizer == bbc.tokenizer and again.classes == bbc.classes
     assert again.history == trained.history and again.data == "bbc-news"
     x = data.inputs(again.twins.spec, 4, 30)
-    assert np.array_equal(again.twins.run_torch(x), trained.twins.run_torch(x))
+    assert np.array_equal(again.twins.torch.run(x)["logits"], trained.twins.torch.run(x)["logits"])
     record = json.loads((tmp_path / "gru" / "training.json").read_text())
     assert record["recipe"]["epochs"] == 1 and record["framework"] == "torch"
 
@@ -281,7 +278,7 @@ def test_default_training_reaches_the_accuracy_targets_with_every_path_agreeing(
                                                                                framework):
     """`onnxtwin train` on the full data: CNN >= 89% on Fashion-MNIST, the text models
     >= 90% on BBC News (Keras: the CNN and the GRU), every path agreeing on every sample."""
-    models = [s.name for s in BUILTIN] if framework == "torch" else ["cnn", "gru"]
+    models = [s.name for s in builtins()] if framework == "torch" else ["cnn", "gru"]
     result = onnxtwin("train", "--framework", framework, *(a for m in models for a in ("-m", m)),
                       "--out", str(tmp_path), timeout=3000)
     assert result.returncode == 0, result.stdout + result.stderr

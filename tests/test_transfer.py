@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxtwin.builders import BUILTIN, build_twins, from_weights, get_spec, load_twins
+from onnxtwin.builders import build_twins, builtins, from_weights, get_spec, load_twins
 from onnxtwin.builders.weights import keras_state, keras_to_torch, torch_to_keras, weights_hash
 from onnxtwin.runtime.errors import OnnxtwinError
 
-NAMES = [s.name for s in BUILTIN]
+NAMES = [s.name for s in builtins()]
 LSTMS = {"lstm", "bilstm"}
 
 

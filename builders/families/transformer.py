@@ -6,6 +6,7 @@ Every row needs at least one non-padding token (an all-padding row has nothing t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -14,11 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from onnxtwin.builders import layers
+from onnxtwin.builders.registry import builtin, family
 from onnxtwin.builders.signature import ModelSpec, Signature, TensorSpec, require
 
 ACTIVATIONS = ("relu", "gelu")
 
 
+@family
 @dataclass(frozen=True)
 class TransformerSpec(ModelSpec):
     """`activation` gelu is the exact (erf) GELU on both sides."""
@@ -124,8 +127,28 @@ class TorchTransformer(nn.Module):
         return self.fc((keep @ x).squeeze(1) / keep.sum(2).clamp(min=1))
 
 
+@functools.cache
+def _add_positions_layer():
+    """The Keras layer class that adds positions (made on first use: Keras imports TF)."""
+    from onnxtwin.builders.keras_support import keras
+
+    class AddPositions(keras.layers.Layer):
+        """Add the first `seq` rows of a fixed positional table (the torch twin's constant)."""
+
+        def __init__(self, table, **kwargs):
+            super().__init__(**kwargs)
+            self.table = table  # numpy: a constant in every traced graph, not a captured input
+
+        def call(self, x):
+            return x + keras.ops.convert_to_tensor(self.table)[: keras.ops.shape(x)[1]]
+
+    return AddPositions
+
+
 def keras_transformer(spec: TransformerSpec):
-    from onnxtwin.builders.keras_support import AddPositions, keras
+    from onnxtwin.builders.keras_support import keras
+
+    AddPositions = _add_positions_layer()
 
     ops, kl = keras.ops, keras.layers
     tokens = keras.Input((None,), dtype="int64", name="tokens")
@@ -144,3 +167,7 @@ def keras_transformer(spec: TransformerSpec):
     pooled = ops.squeeze(ops.matmul(weight, x), 1) / ops.maximum(ops.sum(weight, axis=2), 1.0)
     logits = kl.Dense(spec.classes, name="fc")(pooled)
     return keras.Model(tokens, logits, name=spec.name)
+
+
+builtin(TransformerSpec(name="transformer", activation="relu"),
+        TransformerSpec(name="transformer-gelu", activation="gelu"))

@@ -14,11 +14,13 @@ import torch
 from torch import nn
 
 from onnxtwin.builders import layers
+from onnxtwin.builders.registry import builtin, family
 from onnxtwin.builders.signature import ModelSpec, Signature, TensorSpec, require
 
 CELLS = ("lstm", "gru")
 
 
+@family
 @dataclass(frozen=True)
 class RnnSpec(ModelSpec):
     """`hidden` gives one recurrent layer per entry; `bidirectional` doubles each layer."""
@@ -122,3 +124,7 @@ def keras_rnn(spec: RnnSpec):
             x = cell(units, return_sequences=sequences, name=f"rnn{i}")(x)
     logits = keras.layers.Dense(spec.classes, name="fc")(x)
     return keras.Model(tokens, logits, name=spec.name)
+
+
+builtin(RnnSpec(name="lstm", cell="lstm"), RnnSpec(name="gru", cell="gru"),
+        RnnSpec(name="bilstm", cell="lstm", bidirectional=True))

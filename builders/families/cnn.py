@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from onnxtwin.builders import layers
+from onnxtwin.builders.registry import builtin, family
 from onnxtwin.builders.signature import ModelSpec, Signature, TensorSpec, require
 
 
+@family
 @dataclass(frozen=True)
 class CnnSpec(ModelSpec):
     """Conv layers with `channels`, a max-pool 2 after every conv but the last."""
@@ -102,3 +104,6 @@ def keras_cnn(spec: CnnSpec):
     x = keras.layers.Dense(spec.dense, activation="relu", name="fc1")(x)
     logits = keras.layers.Dense(spec.classes, name="fc2")(x)
     return keras.Model(image, logits, name=spec.name)
+
+
+builtin(CnnSpec(name="cnn"))

@@ -1,0 +1,5 @@
+"""The built-in families, one file each; importing a family registers it and its variants."""
+
+from onnxtwin.builders.families import cnn, rnn, transformer
+
+__all__ = ["cnn", "rnn", "transformer"]

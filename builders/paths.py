@@ -1,0 +1,96 @@
+"""The framework paths: a torch module, a Keras model, a Keras tf.function, the float64 oracle.
+
+Each is a `ModelPath` (onnxtwin.runtime.paths): {input name: array} in, {output name:
+array} out, so the comparison engine treats them exactly like an ONNX file on a provider.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from onnxtwin.runtime.paths import ModelPath, PathInfo
+
+ORACLE = "oracle"
+
+
+class TorchPath(ModelPath):
+    """A torch module in inference mode; float inputs cast to `dtype`, on `device`."""
+
+    def __init__(self, module: torch.nn.Module, inputs: Sequence[str], outputs: Sequence[str],
+                 name: str = "torch", dtype: torch.dtype = torch.float32,
+                 device: str = "cpu") -> None:
+        super().__init__(PathInfo(name, "torch", None, None, str(dtype).removeprefix("torch.")),
+                         inputs, outputs)
+        self.module, self.dtype, self.device = module.eval(), dtype, device
+
+    def _run(self, args: list[np.ndarray]) -> list[np.ndarray]:
+        return run_module(self.module, args, self.dtype, self.device)
+
+
+class KerasPath(ModelPath):
+    """A Keras model called eagerly (a list of inputs when it has several)."""
+
+    def __init__(self, model, inputs: Sequence[str], outputs: Sequence[str],
+                 name: str = "keras") -> None:
+        super().__init__(PathInfo(name, "keras"), inputs, outputs)
+        self.model = model
+
+    def _run(self, args: list[np.ndarray]) -> list[np.ndarray]:
+        result = self.model(args[0] if len(args) == 1 else args, training=False)
+        return [np.asarray(r) for r in _as_list(result)]
+
+
+class KerasFunctionPath(ModelPath):
+    """A Keras model through a tf.function returning {output name: tensor}: how Keras deploys."""
+
+    def __init__(self, function, inputs: Sequence[str], outputs: Sequence[str],
+                 name: str = "keras") -> None:
+        super().__init__(PathInfo(name, "keras"), inputs, outputs)
+        self.function = function
+
+    def _run(self, args: list[np.ndarray]) -> list[np.ndarray]:
+        result = self.function(*args)
+        return [result[n].numpy() for n in self.output_names]
+
+
+def oracle_path(module: torch.nn.Module, inputs: Sequence[str], outputs: Sequence[str],
+                jitter: int | None = None) -> TorchPath:
+    """The module run in float64 on a copy of its float32 weights: the reference.
+
+    With `jitter` (a seed), every weight is first moved by a random relative amount of at
+    most 2**-24, float32's rounding error: how far that moves the output measures how
+    sensitive an input is to float32 rounding.
+    """
+    model = copy.deepcopy(module).double()
+    if jitter is not None:
+        generator = torch.Generator().manual_seed(jitter)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1 + (2 * torch.rand(p.shape, generator=generator,
+                                           dtype=torch.float64) - 1) * 2.0 ** -24)
+    name = ORACLE if jitter is None else f"{ORACLE} jittered"
+    return TorchPath(model, inputs, outputs, name, torch.float64)
+
+
+def run_module(model: torch.nn.Module, args: Sequence[np.ndarray], dtype: torch.dtype,
+               device: str = "cpu") -> list[np.ndarray]:
+    """Run a torch module (on `device`) in inference mode on numpy arrays; float inputs
+    cast to `dtype`; every output comes back as it was computed."""
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a)).to(device)
+        return t.to(dtype) if t.is_floating_point() else t
+
+    with torch.inference_mode():
+        result = model(*(tensor(a) for a in args))
+    return [r.cpu().numpy() for r in _as_list(result)]
+
+
+def _as_list(result) -> list:
+    """A model's result as a list of outputs: a tuple, a list, a dict (in order) or one tensor."""
+    if isinstance(result, dict):
+        return list(result.values())
+    return list(result) if isinstance(result, list | tuple) else [result]

@@ -1,0 +1,86 @@
+"""`onnxtwin check` as a library call: build or load each model's twins, run its matrix, and
+collect one Report."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from onnxtwin.builders import Twins, build_twins, grids
+from onnxtwin.builders.datasets import Dataset, load_dataset
+from onnxtwin.builders.signature import ModelSpec
+from onnxtwin.builders.training import load_trained
+from onnxtwin.conformance.matrix import run_matrix, step_count
+from onnxtwin.conformance.report import Report
+from onnxtwin.conformance.tolerances import Tolerances
+from onnxtwin.export import DEFAULT_OPSET
+from onnxtwin.runtime import OnnxtwinError, probe, usable_aliases
+from onnxtwin.runtime import providers as probe_all
+
+OnModel = Callable[[ModelSpec, int], Callable[[str], None]]
+"""(spec, number of steps) -> a callback told each step's description (progress bars)."""
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """How `check` runs: providers (None: every usable one), tolerances, opset, seeds, cache."""
+
+    providers: tuple[str, ...] | None = None
+    tolerances: Tolerances = field(default_factory=Tolerances)
+    opset: int = DEFAULT_OPSET
+    seed: int = grids.MATRIX_SEED
+    """Seed of the weights and of the matrix inputs."""
+    use_cache: bool = True
+    timing_runs: int = 20
+    trained: Path | None = None
+    """A folder written by `onnxtwin train`: its trained twins, checked on their test data."""
+
+
+def select_providers(requested: list[str] | tuple[str, ...] | None) -> list[str]:
+    """Every usable provider by default; a requested one that cannot run is a usage error."""
+    if not requested:
+        return usable_aliases()
+    chosen = []
+    for alias in requested:
+        status = probe(alias.strip().lower())
+        if not status.usable:
+            raise OnnxtwinError(f"provider {status.alias!r}: expected it to run here, got: "
+                                f"{status.reason}")
+        chosen.append(status.alias)
+    return list(dict.fromkeys(chosen))
+
+
+def check(specs: list[ModelSpec], out_dir: str | Path, options: CheckOptions = CheckOptions(),
+          on_model: OnModel = lambda *_: lambda _: None) -> Report:
+    """Run the matrix for every spec and collect it.
+
+    The twins are built with `options.seed` (torch initialisation), or loaded from
+    TRAINED/NAME with `options.trained`. Exported files go to `out_dir`; write the
+    reports with onnxtwin.conformance.render.write_reports.
+    """
+    start = time.perf_counter()
+    ran_on = select_providers(options.providers)
+    trained = options.trained
+    results = []
+    for spec in specs:
+        step = on_model(spec, step_count(spec, trained is not None) + 1)  # +1: the twins
+        step(f"{spec.name}: " + ("loading trained twins and their data" if trained
+                                 else "building twins"))
+        twins, data = (_trained(Path(trained) / spec.name) if trained
+                       else (build_twins(spec, seed=options.seed), None))
+        results.append(run_matrix(twins, out_dir, ran_on, options, step, data))
+    return Report(datetime.now(UTC).isoformat(timespec="seconds"), tuple(sys.argv),
+                  options.seed, options.opset, options.tolerances, tuple(probe_all()),
+                  tuple(ran_on), tuple(results), time.perf_counter() - start,
+                  None if trained is None else str(trained))
+
+
+def _trained(folder: Path) -> tuple[Twins, Dataset]:
+    """Trained twins, and their dataset split and tokenized exactly as in training."""
+    trained = load_trained(folder)
+    return trained.twins, load_dataset(trained.data, seed=trained.seed,
+                                       tokenizer=trained.tokenizer)
