@@ -4,7 +4,7 @@
     from onnxtwin.builders.training import train
     data = load_dataset("fashion-mnist")
     trained = train("cnn", data, framework="torch")   # or "keras"
-    trained.twins.run_keras(...)                      # the other twin holds the same weights
+    trained.twins.keras.run(x)                        # the other twin holds the same weights
     trained.save("onnxtwin-trained/cnn")
 """
 

@@ -6,13 +6,12 @@ classes with the labels (accuracy) and with every other path's (agreement).
 Trained weights make float32 error grow past the 1e-5 that random weights never reach,
 for two measured reasons, so a path's error on a sample passes if it is within the
 tolerance, or within either allowance:
-- scale: trained logits reach 10-25, and float32 sums over hundreds of terms land a few
-  ulps of the logit away (the Keras-trained CNN: 11 ulps of a logit of 15.7, 1.02e-5).
-  Allowed: RELATIVE_ULPS float32 ulps of the sample's largest |logit|.
-- conditioning: a few inputs amplify rounding (the BBC LSTM: one text of 445 moves by
-  2.3e-5 when the weights alone move by half a float32 ulp, in float64). Each sample's
-  *sensitivity* is measured so (the oracle with every weight jittered by at most 2**-24
-  relative). Allowed: CONDITIONING_FACTOR times the sensitivity.
+- scale: trained logits reach tens, and float32 sums over hundreds of terms land a few
+  ulps of the logit away. Allowed: RELATIVE_ULPS float32 ulps of the sample's largest
+  |logit|.
+- conditioning: a few inputs amplify rounding (their output moves when the weights alone
+  move by half a float32 ulp, in float64). Each sample's *sensitivity* is measured so
+  (the oracle with every weight jittered by at most 2**-24 relative). Allowed: CONDITIONING_FACTOR times the sensitivity.
 The report counts the samples over the tolerance and those no allowance explains.
 
 Passing: 100.0% agreement between all paths and no unexplained error.

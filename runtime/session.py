@@ -24,10 +24,9 @@ MAX_MODEL_BYTES = 2**31  # a protobuf message cannot be larger: such a file is n
 CPU_SLOW_FUSIONS = ("SkipLayerNormFusion",)
 """onnxruntime graph fusions left off for CPU sessions: the fused kernel is slower.
 
-onnxruntime 1.31.1, CPU, Add + LayerNormalization on [64, 50, 64] (the Transformer at
-batch 64): 120 us as the two ops, 525 us as one SkipLayerNormalization (2 threads; 165
-vs 1046 us on 1); on [1, 50, 64]: 15 vs 19 us. The Transformer's torch export at batch
-64 runs 9.0 -> 7.2 ms with it left off. CUDA's SkipLayerNormalization is kept.
+onnxruntime 1.31.1's CPU SkipLayerNormalization is slower than the Add +
+LayerNormalization it replaces (measured in ../shared/PITFALLS.md and the README's
+benchmark). CUDA's SkipLayerNormalization is kept.
 Seen with it off: onnxruntime 1.31.1 crashes (SIGSEGV creating the session, level all,
 through MatmulTransposeFusion and NchwcTransformer) on a float16 copy of the graph of
 torch's seq-first MultiheadAttention; the torch twin now exports batch-first
