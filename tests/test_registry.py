@@ -101,7 +101,8 @@ def test_the_registry_refuses_a_second_family_or_builtin_of_one_name(clean_regis
     from onnxtwin.builders.registry import builtin, family
     from onnxtwin.builders.signature import ModelSpec
 
-    with pytest.raises(ValueError, match=r"^family 'rnn' is registered twice \(RnnSpec, .*Other\)$"):
+    twice = r"^family 'rnn' is registered twice \(RnnSpec, .*Other\)$"
+    with pytest.raises(ValueError, match=twice):
         @family
         @dataclass(frozen=True)
         class Other(ModelSpec):
