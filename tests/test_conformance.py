@@ -130,13 +130,14 @@ def test_a_planted_mapping_error_fails_with_exit_1_and_names_the_layer(tmp_path,
 
 
 def test_a_tolerance_below_float32_rounding_fails_and_reports_what_would_pass(tmp_path):
-    report = check([get_spec("cnn")], tmp_path, timing_runs=1,
-                   tolerances=Tolerances().with_default("float32", 1e-10))
+    report = check([get_spec("cnn")], tmp_path, CheckOptions(
+        timing_runs=1, tolerances=Tolerances().with_default("float32", 1e-10)))
     assert not report.passed
     needed = report.models[0].needed()["logits"]
     assert 1e-10 < needed <= FLOAT32_ABS_TOLERANCE
     loose = Tolerances(models={"cnn": {"logits": needed}})
-    assert check([get_spec("cnn")], tmp_path, timing_runs=1, tolerances=loose).passed
+    assert check([get_spec("cnn")], tmp_path,
+                 CheckOptions(timing_runs=1, tolerances=loose)).passed
 
 
 def test_tolerances_from_toml_per_model_and_per_output(tmp_path):
