@@ -198,3 +198,13 @@ def sinusoidal_table(max_len: int, dim: int) -> np.ndarray:
     table[:, 0::2] = np.sin(position * freq)
     table[:, 1::2] = np.cos(position * freq)
     return table.astype(np.float32)
+
+
+def conv1d(torch_prefix: str, keras_layer: str) -> LayerMap:
+    """Conv1d weight (O, I, k) <-> Conv1D kernel (k, I, O). Torch is (N, C, L), Keras (N, L, C)."""
+    return LayerMap(
+        torch_prefix, _params(torch_prefix, "weight", "bias"), _vars(keras_layer, "kernel", "bias"),
+        to_keras=lambda w, b: (w.transpose(2, 1, 0), b),
+        to_torch=lambda k, b: (k.transpose(2, 1, 0), b),
+        align=channels_last,
+    )

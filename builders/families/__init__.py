@@ -1,5 +1,5 @@
 """The built-in families, one file each; importing a family registers it and its variants."""
 
-from onnxtwin.builders.families import cnn, rnn, transformer
+from onnxtwin.builders.families import cnn, rnn, transformer, textcnn  # noqa: I001 (in order)
 
-__all__ = ["cnn", "rnn", "transformer"]
+__all__ = ["cnn", "rnn", "textcnn", "transformer"]
