@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxtwin.builders.datasets import Dataset
+from onnxtwin.builders.datasets import Dataset, default_data, load_dataset
 from onnxtwin.builders.registry import get_spec
 from onnxtwin.builders.signature import ModelSpec
 from onnxtwin.builders.twins import SOURCES, Twins, from_keras, from_weights, load_twins
@@ -83,6 +83,18 @@ class Trained:
         with atomic_path(folder / TRAINING_FILE) as tmp:
             tmp.write_text(json.dumps(record, indent=2) + "\n")
         return folder
+
+
+def prepare(spec: ModelSpec, data: str | None = None, limit: int | None = None,
+            epochs: int | None = None, seed: int = 0) -> tuple[Dataset, Recipe]:
+    """The dataset a spec trains on (`data`, else its default), cut to `limit` training
+    samples (stratified; the test set stays whole), and its recipe with `epochs` if given."""
+    dataset = load_dataset(data or default_data(spec), vocab=spec.signature.inputs[0].vocab,
+                           seed=seed)
+    if limit:
+        dataset = dataset.subset(limit, len(dataset.y_test), seed)
+    recipe = RECIPES[dataset.kind]
+    return dataset, replace(recipe, epochs=epochs) if epochs else recipe
 
 
 def load_trained(folder: str | Path) -> Trained:

@@ -11,7 +11,8 @@ tolerance, or within either allowance:
   |logit|.
 - conditioning: a few inputs amplify rounding (their output moves when the weights alone
   move by half a float32 ulp, in float64). Each sample's *sensitivity* is measured so
-  (the oracle with every weight jittered by at most 2**-24 relative). Allowed: CONDITIONING_FACTOR times the sensitivity.
+  (the oracle with every weight jittered by at most 2**-24 relative). Allowed:
+  CONDITIONING_FACTOR times the sensitivity.
 The report counts the samples over the tolerance and those no allowance explains.
 
 Passing: 100.0% agreement between all paths and no unexplained error.

@@ -82,7 +82,12 @@ class Session:
         self.providers: tuple[str, ...] = tuple(self._session.get_providers())
         if self.providers[0] != wanted[0]:
             refuse_or_warn(self.requested, f"the session chose {self.providers[0]}", strict)
-        self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
+        try:
+            self.metadata: dict[str, str] = dict(
+                self._session.get_modelmeta().custom_metadata_map)
+        except UnicodeDecodeError as e:  # onnxruntime decodes metadata_props as UTF-8 here
+            raise OnnxtwinError(f"{self.path}: expected UTF-8 metadata_props, got bytes that "
+                                f"do not decode ({e.reason})") from None
         vocab = _stamped_vocab(self.metadata)
         self.inputs = tuple(_info(v, vocab.get(v.name)) for v in self._session.get_inputs())
         self.outputs = tuple(_info(v) for v in self._session.get_outputs())

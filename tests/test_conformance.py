@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from html.parser import HTMLParser
 from importlib.resources import files
 
@@ -14,12 +15,16 @@ from typer.testing import CliRunner
 
 from onnxtwin.builders import builtins, get_spec, layers
 from onnxtwin.builders.families.cnn import CnnSpec
+from onnxtwin.conformance.cli import app
 from onnxtwin.conformance.orchestrator import CheckOptions, check
 from onnxtwin.conformance.render import write_reports
-from onnxtwin.conformance.tolerances import Tolerances, load_tolerances
-from onnxtwin.conformance.cli import app
 from onnxtwin.conformance.report import without_timings
+from onnxtwin.conformance.tolerances import Tolerances, load_tolerances
 from onnxtwin.runtime import FLOAT32_ABS_TOLERANCE, OnnxtwinError, probe
+from onnxtwin.runtime.comparison import Check, Comparisons
+from onnxtwin.runtime.metrics import Comparison
+
+_IMPORTED = time.perf_counter()  # an upper bound on how long any check() here can have run
 
 SCHEMA = json.loads(files("onnxtwin.conformance").joinpath("report.schema.json").read_text())
 
@@ -48,12 +53,44 @@ def test_matrix_compares_every_path_with_the_oracle_and_every_pair(checked):
         for c in m.checks:
             assert c.metrics.max_abs <= FLOAT32_ABS_TOLERANCE and c.metrics.nonfinite == 0
             assert c.metrics.argmax_agreement == 1.0 and c.tolerance == FLOAT32_ABS_TOLERANCE
-        assert m.needed()["logits"] == max(c.metrics.max_abs for c in m.checks) > 0
+        # needed()'s arithmetic is checked by hand below; here: one output, and a value that
+        # is a real error (float32 paths do differ) within the tolerance every check passed
+        needed = m.needed()
+        assert set(needed) == {"logits"} and 0 < needed["logits"] <= FLOAT32_ABS_TOLERANCE
         assert m.localisation is None
         assert [t.path for t in m.latency] == paths and all(t.timing.p50_ms > 0
                                                             for t in m.latency)
-    assert document["summary"] == {"passed": True, "models": 2, "comparisons": 100, "failed": 0,
-                                   "seconds": document["summary"]["seconds"]}
+    summary = dict(document["summary"])
+    seconds = summary.pop("seconds")
+    assert summary == {"passed": True, "models": 2, "comparisons": 100, "failed": 0}
+    # the run's wall time in seconds: each model's own time lies inside it (3-decimal
+    # rounding aside), and it cannot exceed the time since this module was imported
+    model_seconds = [d["seconds"] for d in document["models"]]
+    assert all(s > 0 for s in model_seconds)
+    assert sum(model_seconds) - 0.002 <= seconds <= time.perf_counter() - _IMPORTED + 0.001
+
+
+def _check(output: str, max_abs: float, nonfinite: int = 0, batch: int = 1) -> Check:
+    """A hand-made comparison record: only max_abs and nonfinite matter to needed()."""
+    return Check("torch", "oracle", output, {"batch": batch, "seq": 12},
+                 Comparison(max_abs, max_abs, 1.0, nonfinite), FLOAT32_ABS_TOLERANCE)
+
+
+def test_needed_is_the_largest_error_per_output_and_inf_where_values_were_not_finite():
+    checks = (_check("logits", 3e-6), _check("logits", 7.5e-6, batch=7), _check("logits", 2e-6),
+              _check("hidden", 4e-4), _check("hidden", 0.25, nonfinite=2),  # NaN/Inf seen
+              _check("hidden", 1e-3), _check("exact", 0.0), _check("exact", 0.0, batch=7),
+              _check("overflow", float("inf"), nonfinite=1))
+    comparisons = Comparisons("oracle", checks)
+    assert comparisons.needed() == {"logits": 7.5e-6, "hidden": float("inf"), "exact": 0.0,
+                                    "overflow": float("inf")}
+    # order does not matter, and an output's value is its own (not the overall) maximum
+    assert Comparisons("oracle", checks[::-1]).needed() == comparisons.needed()
+    assert Comparisons("oracle", checks[:3]).needed() == {"logits": 7.5e-6}
+    assert Comparisons("oracle", ()).needed() == {}
+    # "the smallest tolerance every comparison would have passed": 7.5e-6 passes all, less not
+    assert all(c.metrics.passed(7.5e-6) for c in checks[:3])
+    assert not all(c.metrics.passed(7.4e-6) for c in checks[:3])
 
 
 def test_report_json_validates_and_names_the_providers_that_ran(checked):
@@ -102,7 +139,8 @@ def test_html_is_self_contained_with_both_plots_and_markdown_has_the_summary(che
 def test_two_checks_with_the_same_arguments_report_the_same_apart_from_timings(checked,
                                                                              tmp_path):
     _, first, _ = checked
-    second = check([get_spec("cnn"), get_spec("gru")], tmp_path, CheckOptions(timing_runs=3)).to_dict()
+    second = check([get_spec("cnn"), get_spec("gru")], tmp_path,
+                   CheckOptions(timing_runs=3)).to_dict()
     assert first["models"][0]["latency"] != second["models"][0]["latency"]  # timings do vary
     assert without_timings(second) == without_timings(first)
 

@@ -56,7 +56,7 @@ def test_a_killed_export_leaves_the_previous_file_intact(tmp_path, how):
 
 SIGTERM_DURING_AN_IMPORT = """
 import os, signal, time
-from onnxtwin.conformance import cli
+from onnxtwin.conformance.cli import core
 
 def app():  # SIGTERM while a C extension initialises: its SystemExit becomes an ImportError
     try:
@@ -65,8 +65,8 @@ def app():  # SIGTERM while a C extension initialises: its SystemExit becomes an
     except SystemExit:
         raise ImportError("initialization failed") from None
 
-cli.app = app
-cli.main()
+core.app = app
+core.main()
 """
 
 

@@ -25,9 +25,9 @@ from tritonclient.utils import InferenceServerException
 
 from onnxtwin.export import export_model
 from onnxtwin.runtime import OnnxtwinError, Session
-from onnxtwin.runtime.oip import HEADER_LENGTH, infer_response, parse_infer_request
-from onnxtwin.runtime.server import ServeOptions, create_app, listen
-from onnxtwin.runtime.triton import TritonOptions, check_config
+from onnxtwin.runtime.serve.oip import HEADER_LENGTH, infer_response, parse_infer_request
+from onnxtwin.runtime.serve.server import ServeOptions, create_app, listen
+from onnxtwin.runtime.serve.triton import TritonOptions, check_config
 from tests.cli_runner import CLI, onnxtwin
 
 
@@ -332,7 +332,7 @@ def test_deploy_writes_a_triton_repository_that_triton_protobuf_parses(files, tm
 
 
 def test_deploy_options_gpu_unbatched_and_dynamic_dims(files, tmp_path):
-    from onnxtwin.runtime.triton import write_repository
+    from onnxtwin.runtime.serve.triton import write_repository
 
     folder = write_repository(files / "transformer.keras.onnx", tmp_path, "tf",
                               TritonOptions("cuda", max_batch=0, instances=2))

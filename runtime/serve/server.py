@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from onnxtwin.runtime.batching import Overloaded, Scheduler
 from onnxtwin.runtime.errors import OnnxtwinError, first_line
-from onnxtwin.runtime.oip import (
+from onnxtwin.runtime.serve.batching import Overloaded, Scheduler
+from onnxtwin.runtime.serve.oip import (
     HEADER_LENGTH,
     error_body,
     infer_response,

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onnxtwin.runtime.batching import batch_dim
 from onnxtwin.runtime.errors import OnnxtwinError
-from onnxtwin.runtime.oip import PROTOCOL_DATATYPE, protocol_shape
+from onnxtwin.runtime.serve.batching import batch_dim
+from onnxtwin.runtime.serve.oip import PROTOCOL_DATATYPE, protocol_shape
 from onnxtwin.runtime.session import Session, TensorInfo
 
 KINDS = {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}

@@ -1,0 +1,45 @@
+"""`onnxtwin build` as a library call: twins built and saved, native parity, parity.json.
+
+    from onnxtwin.builders import get_spec
+    from onnxtwin.conformance.build import build_all
+    results = build_all([get_spec("gru")], seed=0, source="torch", out="build/")
+    all(r.passed for r in results)         # torch vs Keras vs float64 oracle, each point
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from onnxtwin.builders import ModelSpec, build_twins
+from onnxtwin.conformance.native import NativeParity, native_parity
+from onnxtwin.runtime.files import atomic_path
+
+
+def build_all(specs: Sequence[ModelSpec], seed: int = 0, source: str = "torch",
+              out: str | Path = "onnxtwin-build",
+              on_step: Callable[[str], None] = lambda _: None) -> list[NativeParity]:
+    """For each spec: build its twins from `source`'s initialisation (`seed`), save them to
+    OUT/NAME (spec.json and both weight files) and check native parity; then write
+    OUT/parity.json. `on_step` is told each step (for a progress display)."""
+    out = Path(out)
+    results = []
+    for spec in specs:
+        on_step(f"building {spec.name} ({source} init) ...")
+        twins = build_twins(spec, seed=seed, source=source)
+        twins.save(out / spec.name)
+        on_step(f"checking {spec.name} ...")
+        results.append(native_parity(twins))
+    write_parity(results, out, seed, source)
+    return results
+
+
+def write_parity(results: Sequence[NativeParity], out: str | Path, seed: int,
+                 source: str) -> Path:
+    """OUT/parity.json, atomically: the settings and every model's comparisons."""
+    path = Path(out) / "parity.json"
+    document = {"seed": seed, "source": source, "models": [r.to_dict() for r in results]}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(document, indent=2) + "\n")
+    return path

@@ -1,0 +1,122 @@
+"""Commands for deployment, which import only onnxruntime and numpy (and, to serve,
+Starlette and uvicorn): `providers`, `run`, `serve`, `deploy`."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from onnxtwin.conformance.cli.core import app, console, session
+
+PANEL = "Deployment (onnxruntime only)"
+
+
+@app.command(rich_help_panel=PANEL)
+def providers() -> None:
+    """Which onnxruntime execution providers run here, proven by creating a session on each."""
+    from onnxtwin.runtime import providers as probe_all
+
+    table = Table("provider", "onnxruntime name", "listed", "usable", "reason")
+    for s in probe_all():
+        table.add_row(s.alias, s.name, "yes" if s.listed else "no",
+                      "[green]yes" if s.usable else "[red]no", s.reason)
+    console.print(table)
+
+
+@app.command(rich_help_panel=PANEL)
+def run(
+    model: Annotated[Path, typer.Argument(help="The .onnx file to run.")],
+    input: Annotated[Path, typer.Option(
+        "--input", "-i", help=".npz with one array per input name, or .npy for a "
+                              "single-input model.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help=".npz to write the outputs to.")],
+    provider: Annotated[str, typer.Option(help="cpu, cuda or tensorrt.")] = "cpu",
+    strict: Annotated[bool, typer.Option(
+        help="Fail if the provider cannot run here, instead of falling back to CPU.")] = False,
+    check_finite: Annotated[bool, typer.Option(help="Reject NaN/Inf in float inputs.")] = False,
+) -> None:
+    """Run an ONNX model on saved inputs (validated against its signature); write the outputs.
+
+    Imports only onnxruntime and numpy. A provider that cannot run falls back to CPU with
+    a warning (or fails with --strict); the provider that really ran is printed.
+    """
+    from onnxtwin.runtime.arrays import load_arrays, save_arrays
+
+    opened = session(model, provider, strict, check_finite)
+    arrays = load_arrays(input, [i.name for i in opened.inputs])
+    outputs = opened.run(arrays)
+    save_arrays(output, outputs)
+    shapes = ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in outputs.items())
+    console.print(f"ran {model.name} on {opened.provider}: wrote {output} ({shapes})",
+                  highlight=False)
+
+
+@app.command(rich_help_panel=PANEL)
+def serve(
+    models: Annotated[list[Path], typer.Argument(
+        help="The .onnx files to serve; each is named by its file name without .onnx.")],
+    provider: Annotated[str, typer.Option(help="cpu, cuda or tensorrt.")] = "cpu",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free one).")] = 8000,
+    max_batch: Annotated[int, typer.Option(
+        help="Rows per onnxruntime run when grouping concurrent requests; 0: no batching.")
+    ] = 64,
+    max_delay_ms: Annotated[float, typer.Option(
+        help="How long a request waits for others to batch with (0: batch only those "
+             "that queued while the previous run ran).")] = 0.0,
+    max_queue: Annotated[int, typer.Option(
+        help="Requests waiting per model; more get HTTP 503.")] = 256,
+    max_request_mb: Annotated[float, typer.Option(
+        help="Largest request body; larger gets HTTP 413.")] = 64.0,
+    strict: Annotated[bool, typer.Option(
+        help="Fail if the provider cannot run here, instead of falling back to CPU.")] = False,
+) -> None:
+    """Serve ONNX models over HTTP with the Open Inference Protocol v2 (KServe v2, Triton).
+
+    Clients written for Triton (e.g. tritonclient.http) work unchanged. Imports only
+    onnxruntime, numpy, Starlette and uvicorn. SIGINT or SIGTERM stops it after the
+    requests in flight finish.
+    """
+    from onnxtwin.runtime.serve.server import ServeOptions, model_names
+    from onnxtwin.runtime.serve.server import serve as run_server
+
+    options = ServeOptions(max_batch, max_delay_ms, max_queue, int(max_request_mb * 2**20))
+    sessions = {name: session(path, provider, strict)
+                for name, path in model_names(models).items()}
+    run_server(sessions, host, port, options,
+               announce=lambda line: console.print(line, highlight=False, soft_wrap=True))
+
+
+class Target(StrEnum):
+    triton = "triton"
+
+
+@app.command(rich_help_panel=PANEL)
+def deploy(
+    model: Annotated[Path, typer.Argument(help="The .onnx file to deploy.")],
+    out: Annotated[Path, typer.Option(help="Model repository folder (created if missing).")],
+    to: Annotated[Target, typer.Option(help="Serving engine.")] = Target.triton,
+    name: Annotated[str | None, typer.Option(
+        help="Model name. Default: the file name without .onnx, dots as underscores.")
+    ] = None,
+    provider: Annotated[str, typer.Option(help="cpu or cuda: where Triton runs it.")] = "cpu",
+    max_batch: Annotated[int, typer.Option(help="max_batch_size; 0: no batching.")] = 64,
+    max_delay_us: Annotated[int, typer.Option(
+        help="Dynamic batching's max_queue_delay_microseconds.")] = 0,
+    instances: Annotated[int, typer.Option(help="Model instances.")] = 1,
+) -> None:
+    """Write a Triton model repository: OUT/NAME/config.pbtxt and OUT/NAME/1/model.onnx.
+
+    The config is built and checked with Triton's model-config protobuf; names, dtypes
+    and dims come from the model's signature.
+    """
+    from onnxtwin.runtime.serve.triton import TritonOptions, write_repository
+
+    folder = write_repository(model, out, name, TritonOptions(provider, max_batch, max_delay_us,
+                                                              instances))
+    console.print(f"wrote {folder}: start Triton with --model-repository={out.resolve()}",
+                  highlight=False, soft_wrap=True)

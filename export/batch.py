@@ -1,0 +1,56 @@
+"""Many models, one or both frameworks: `onnxtwin export` as a library call.
+
+    from onnxtwin.builders import get_spec
+    from onnxtwin.export.batch import export_all
+    document = export_all([get_spec("gru")], ("torch", "keras"), "out/")   # + out/export.json
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from onnxtwin.builders import ModelSpec, build_twins
+from onnxtwin.export.exporter import DEFAULT_OPSET, check_request, export_model, graph_differences
+from onnxtwin.runtime.files import atomic_path
+
+
+def export_all(specs: Sequence[ModelSpec], frameworks: Sequence[str], out: str | Path, *,
+               opset: int = DEFAULT_OPSET, seed: int = 0, use_cache: bool = True,
+               optimized: bool = False,
+               on_step: Callable[[str], None] = lambda _: None) -> dict:
+    """Build each spec's twins with `seed`, export them from every framework into OUT, and
+    write OUT/export.json: the returned document.
+
+    The document: {"opset", "seed", "models": [{"model", "differences", "files"}]}, each
+    file an ExportResult.to_dict() with, if `optimized`, an "optimized" record of the
+    NAME.FRAMEWORK.opt.onnx written beside it ({"path", "gate_max_abs"}). Every request
+    is checked before any work; `on_step` is told each step (for a progress display).
+    """
+    for framework in frameworks:
+        check_request(framework, opset)
+    out = Path(out)
+    models = []
+    for spec in specs:
+        on_step(f"building {spec.name} ...")
+        twins = build_twins(spec, seed=seed)
+        results = []
+        for framework in frameworks:
+            on_step(f"exporting {spec.name} from {framework} ...")
+            results.append(export_model(twins, framework, out, opset=opset, use_cache=use_cache))
+        files = [r.to_dict() for r in results]
+        if optimized:
+            from onnxtwin.export.optimize import optimize_offline
+
+            for r, record in zip(results, files, strict=True):
+                on_step(f"optimising {r.path.name} ...")
+                path, gate = optimize_offline(r.path, twins, r.framework)
+                record["optimized"] = {"path": path.name,
+                                       "gate_max_abs": max(g.max_abs for g in gate)}
+        models.append({"model": spec.name, "differences": graph_differences(results),
+                       "files": files})
+    document = {"opset": opset, "seed": seed, "models": models}
+    with atomic_path(out / "export.json") as tmp:
+        tmp.write_text(json.dumps(document, indent=2) + "\n")
+    return document
