@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
+import os
 import re
 import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -19,6 +23,7 @@ from onnxtwin.runtime import (
     FLOAT32_ABS_TOLERANCE,
     OnnxtwinError,
     ProviderFallbackWarning,
+    ProviderStatus,
     Session,
     compare,
     measure,
@@ -49,8 +54,90 @@ def test_cpu_is_usable_and_every_unusable_provider_says_why():
     assert statuses["cpu"].usable and statuses["cpu"].listed
     for s in statuses.values():
         assert s.reason and "\n" not in s.reason
-        if s.listed and not s.usable:
+        if s.listed and not s.usable:  # the case itself is made for certain in the next test
             assert s.reason.startswith("onnxruntime fell back to CPU")
+
+
+# What onnxruntime-gpu writes to fd 2 when the CUDA provider's libraries are missing (in
+# colour), before it quietly creates the session on CPU.
+_CUDA_LOG = ("\x1b[1;31m2026-01-01 00:00:00.000 [E:onnxruntime:Default, provider_bridge_ort.cc:"
+             "2251 TryGetProviderInfo_CUDA] Failed to load library "
+             "libonnxruntime_providers_cuda.so with error: libcublasLt.so.12: cannot open "
+             "shared object file: No such file or directory\x1b[m\n")
+_TENSORRT_ERROR = "Failed to create TensorrtExecutionProvider: libnvinfer.so.10 missing"
+_LISTED = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class _FallingBackSession:
+    """onnxruntime.InferenceSession on a machine that lists every provider but runs only CPU:
+    CUDA logs why and falls back to CPU, TensorRT raises."""
+
+    def __init__(self, model, providers):
+        if providers == ["TensorrtExecutionProvider"]:
+            raise RuntimeError(_TENSORRT_ERROR)
+        if providers == ["CUDAExecutionProvider"]:
+            os.write(2, _CUDA_LOG.encode())
+
+    def get_providers(self):
+        return ["CPUExecutionProvider"]
+
+
+class _WorkingSession:
+    """onnxruntime.InferenceSession where every requested provider really runs."""
+
+    def __init__(self, model, providers):
+        self.ran = list(dict.fromkeys([*providers, "CPUExecutionProvider"]))
+
+    def get_providers(self):
+        return self.ran
+
+
+def _fake_onnxruntime(monkeypatch, session_class):
+    """Probe against a faked onnxruntime with a fresh probe cache (the real cache is kept)."""
+    import onnxruntime as ort
+
+    module = importlib.import_module("onnxtwin.runtime.providers")
+    monkeypatch.setattr(module, "probe", functools.cache(module.probe.__wrapped__))
+    monkeypatch.setattr(module, "preload_cuda_libraries", lambda: False)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(_LISTED))
+    monkeypatch.setattr(ort, "InferenceSession", session_class)
+    return module
+
+
+def test_a_listed_provider_that_falls_back_is_unusable_says_why_and_warns(monkeypatch):
+    module = _fake_onnxruntime(monkeypatch, _FallingBackSession)
+    statuses = {s.alias: s for s in providers()}
+    fell_back = "onnxruntime fell back to CPU: "
+    assert statuses == {
+        "cpu": ProviderStatus("cpu", "CPUExecutionProvider", True, True, "a session ran on it"),
+        "cuda": ProviderStatus("cuda", "CUDAExecutionProvider", True, False,
+                               fell_back + "libcublasLt.so.12: cannot open shared object file: "
+                                           "No such file or directory"),
+        "tensorrt": ProviderStatus("tensorrt", "TensorrtExecutionProvider", True, False,
+                                   fell_back + _TENSORRT_ERROR)}
+    unusable = [s for s in statuses.values() if s.listed and not s.usable]
+    assert [s.alias for s in unusable] == ["cuda", "tensorrt"]
+    for s in unusable:  # the assertion of the test above, here certain to run
+        assert s.reason.startswith("onnxruntime fell back to CPU") and "\n" not in s.reason
+    assert module.usable_aliases() == ["cpu"]
+    for alias in ("cuda", "tensorrt"):  # a session asked for it runs on CPU, and says so
+        expected = f"provider '{alias}': expected it to run here, got: {statuses[alias].reason}"
+        with pytest.warns(ProviderFallbackWarning,
+                          match=f"^{re.escape(expected)}; running on CPU instead$"):
+            assert module.resolve(alias, strict=False) == ["CPUExecutionProvider"]
+        with pytest.raises(OnnxtwinError, match=f"^{re.escape(expected)}$"):
+            module.resolve(alias, strict=True)
+
+
+def test_a_listed_provider_that_runs_is_usable_and_asked_for_first(monkeypatch):
+    """The same probe where the provider does run: so the test above sees a real fallback."""
+    module = _fake_onnxruntime(monkeypatch, _WorkingSession)
+    assert all(s.listed and s.usable and s.reason == "a session ran on it"
+               for s in providers())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
+        assert module.resolve("cuda", strict=True) == ["CUDAExecutionProvider",
+                                                      "CPUExecutionProvider"]
 
 
 def test_an_unusable_provider_falls_back_with_a_warning_or_is_refused(exported):
