@@ -50,6 +50,12 @@ class Signature:
         return tuple(t.name for t in self.outputs)
 
 
+def token_classifier(vocab: int, classes: int) -> Signature:
+    """`tokens` int64 [batch, seq] (ids below `vocab`) -> `logits` float32 [batch, classes]."""
+    return Signature(inputs=(TensorSpec("tokens", "int64", ("batch", "seq"), vocab=vocab),),
+                     outputs=(TensorSpec("logits", "float32", ("batch", classes)),))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Base of the family specs: a frozen, hashable description of one architecture, and the

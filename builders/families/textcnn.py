@@ -18,7 +18,7 @@ from torch import nn
 
 from onnxtwin.builders import layers
 from onnxtwin.builders.registry import builtin, family
-from onnxtwin.builders.signature import ModelSpec, Signature, TensorSpec, require
+from onnxtwin.builders.signature import ModelSpec, Signature, require, token_classifier
 
 
 @family
@@ -47,9 +47,7 @@ class TextCnnSpec(ModelSpec):
 
     @property
     def signature(self) -> Signature:
-        return Signature(
-            inputs=(TensorSpec("tokens", "int64", ("batch", "seq"), vocab=self.vocab),),
-            outputs=(TensorSpec("logits", "float32", ("batch", self.classes)),))
+        return token_classifier(self.vocab, self.classes)
 
     def torch_model(self) -> nn.Module:
         return TorchTextCnn(self)

@@ -16,7 +16,7 @@ from torch import nn
 
 from onnxtwin.builders import layers
 from onnxtwin.builders.registry import builtin, family
-from onnxtwin.builders.signature import ModelSpec, Signature, TensorSpec, require
+from onnxtwin.builders.signature import ModelSpec, Signature, require, token_classifier
 
 ACTIVATIONS = ("relu", "gelu")
 
@@ -52,9 +52,7 @@ class TransformerSpec(ModelSpec):
 
     @property
     def signature(self) -> Signature:
-        return Signature(
-            inputs=(TensorSpec("tokens", "int64", ("batch", "seq"), vocab=self.vocab),),
-            outputs=(TensorSpec("logits", "float32", ("batch", self.classes)),))
+        return token_classifier(self.vocab, self.classes)
 
     def positions(self):
         return layers.sinusoidal_table(self.max_len, self.d_model)
