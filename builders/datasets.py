@@ -51,11 +51,13 @@ class Dataset:
     def kind(self) -> str:
         return "images" if self.tokenizer is None else "text"
 
-    def inputs(self, spec, dims: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
-        """`dims["batch"]` seeded test samples as the spec's input (like `sample_inputs`, but
-        real). Texts are tokenized again to `dims["seq"]` words; images are used as they are.
-        """
-        batch, seq = dims["batch"], dims.get("seq")
+    def inputs(self, spec, dims: dict[str, int] | None = None, seed: int = 0,
+               **named: int) -> dict[str, np.ndarray]:
+        """`batch` seeded test samples as the spec's input (like `sample_inputs`, but real;
+        sizes from `dims` and keywords). Texts are tokenized again to `seq` words; images are
+        used as they are."""
+        sizes = {**(dims or {}), **named}
+        batch, seq = sizes["batch"], sizes.get("seq")
         rows = np.random.default_rng(seed).choice(len(self.y_test), size=batch,
                                                   replace=batch > len(self.y_test))
         name = spec.signature.inputs[0].name

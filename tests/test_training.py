@@ -17,6 +17,7 @@ from onnxtwin.builders.datasets import bbc_news_texts, fashion_mnist, load_datas
 from onnxtwin.builders.training import Recipe, load_trained, train
 from onnxtwin.conformance.accuracy import evaluate
 from onnxtwin.runtime import OnnxtwinError, Tokenizer
+from onnxtwin.runtime.paths import FunctionPath, PathInfo
 from onnxtwin.runtime.tokenizer import PAD, UNKNOWN
 
 SCHEMA = json.loads(files("onnxtwin.conformance").joinpath("report.schema.json").read_text())
@@ -105,7 +106,8 @@ def test_bbc_news_split_is_stratified_seeded_and_fitted_on_train_only(bbc):
 def test_real_inputs_follow_the_requested_shape(bbc, fashion, twins_of):
     tokens = bbc.inputs(twins_of("lstm").spec, batch=3, seq=12, seed=5)["tokens"]
     assert tokens.shape == (3, 12) and (tokens[:, -1] > 0).all()
-    assert np.array_equal(tokens, bbc.inputs(twins_of("lstm").spec, 3, 12, seed=5)["tokens"])
+    again = bbc.inputs(twins_of("lstm").spec, {"batch": 3, "seq": 12}, seed=5)["tokens"]
+    assert np.array_equal(tokens, again)
     images = fashion.inputs(twins_of("cnn").spec, batch=2)["image"]
     assert images.shape == (2, 1, 28, 28)
 
@@ -224,7 +226,7 @@ def test_trained_folder_round_trips(tmp_path, bbc):
     again = load_trained(tmp_path / "gru")
     assert again.tokenizer == bbc.tokenizer and again.classes == bbc.classes
     assert again.history == trained.history and again.data == "bbc-news"
-    x = data.inputs(again.twins.spec, 4, 30)
+    x = data.inputs(again.twins.spec, batch=4, seq=30)
     assert np.array_equal(again.twins.torch.run(x)["logits"], trained.twins.torch.run(x)["logits"])
     record = json.loads((tmp_path / "gru" / "training.json").read_text())
     assert record["recipe"]["epochs"] == 1 and record["framework"] == "torch"
@@ -300,6 +302,11 @@ def test_corrupt_training_record_is_one_line(tmp_path):
         load_trained(tmp_path / "gru")
 
 
+def lookup(name: str, logits: np.ndarray) -> FunctionPath:
+    """A path whose input `x` holds row numbers of `logits`: its output is those rows."""
+    return FunctionPath(PathInfo(name, "python"), lambda x: logits[x], ["x"], ["logits"])
+
+
 def test_accuracy_verdict_counts_errors_sensitivity_and_disagreements():
     y = np.array([0, 1, 1, 0])
     truth = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 0.5]])
@@ -310,12 +317,9 @@ def test_accuracy_verdict_counts_errors_sensitivity_and_disagreements():
                "flip": np.vstack([truth[:3], [[0.0, 1.5]]]),  # sample 3 now predicts 1
                "nan": np.where(np.arange(2) == 0, np.nan, truth)}
 
-    def runner(a):
-        return lambda x: {"logits": a[x["x"]]}
-
     rows = np.arange(4)
-    result = evaluate({k: runner(v) for k, v in shifted.items()}, runner(truth), runner(jitter),
-                      rows, y, "x", "logits", 1e-5, "synthetic", batch=3)
+    result = evaluate([lookup(k, v) for k, v in shifted.items()], lookup("oracle", truth),
+                      lookup("oracle jittered", jitter), rows, y, 1e-5, "synthetic", batch=3)
     paths = {p.path: p for p in result.paths}
     assert result.sensitive_samples == 1 and result.max_sensitivity == pytest.approx(5e-6)
     assert (paths["exact"].over_tolerance, paths["exact"].unexplained) == (0, 0)
@@ -336,11 +340,9 @@ def test_errors_within_32_ulps_of_a_large_logit_pass():
     near = truth + np.array([[5e-5], [0]])  # 26 ulps over 1e-5: explained by the scale
     far = truth + np.array([[0], [5e-5]])  # at logit 0.5, 5e-5 is 839 ulps: unexplained
 
-    def runner(a):
-        return lambda x: {"logits": a[x["x"]]}
-
-    result = evaluate({"near": runner(near), "far": runner(far)}, runner(truth), runner(truth),
-                      np.arange(2), np.array([0, 0]), "x", "logits", 1e-5, "synthetic")
+    result = evaluate([lookup("near", near), lookup("far", far)], lookup("oracle", truth),
+                      lookup("oracle jittered", truth), np.arange(2), np.array([0, 0]), 1e-5,
+                      "synthetic")
     near_path, far_path = result.paths
     assert (near_path.over_tolerance, near_path.unexplained) == (1, 0)
     assert (far_path.over_tolerance, far_path.unexplained) == (1, 1)
