@@ -4,7 +4,7 @@
 
 torch on the device (float32 and float16) against onnxruntime's CUDA provider with IO
 binding on each file and on its float16 copy, at batch 1 and 64 (sequence 50), with each
-path's fraction of the device's measured matmul peak (conformance/bench_device.py).
+path's fraction of the device's measured matmul peak (conformance/bench/device.py).
 Writes DIR/bench_device.json (default benchmarks/results/bench_device/). Export the
 files first (`onnxtwin export --out DIR`): a GPU machine needs torch and onnxruntime-gpu,
 not TensorFlow.
@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from onnxtwin.conformance.bench_device import run_device_bench
+from onnxtwin.conformance.bench.device import run_device_bench
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

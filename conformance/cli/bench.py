@@ -60,12 +60,12 @@ def bench(
         target_rows,
         write_bench_reports,
     )
-    from onnxtwin.conformance.bench.run import BATCHES, run_bench
+    from onnxtwin.conformance.bench.run import BATCHES, BenchOptions, run_bench
 
+    options = BenchOptions(tuple(batch or BATCHES), seq, tuple(provider or ("cpu",)), rounds,
+                           calls, compile_torch, startup)
     with folder_lock(out), console.status("benchmarking") as status:
-        document = run_bench(selected, out, tuple(batch or BATCHES), seq,
-                             tuple(provider or ("cpu",)), rounds, calls, compile_torch,
-                             startup, on_step=status.update)
+        document = run_bench(selected, out, options, on_step=status.update)
         write_bench_reports(document, out)
     console.print(result_table("onnxtwin bench: targets", TARGET_COLUMNS,
                                target_rows(document)))

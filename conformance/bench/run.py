@@ -1,9 +1,10 @@
 """`onnxtwin bench`: onnxruntime against PyTorch and TensorFlow, interleaved, with targets.
 
-Every contender of one model and batch (torch eager, torch.compile, Keras through its
-tf.function, onnxruntime on each file and provider, default and tuned) runs in the same
-rounds, in a rotating order, so a noisy machine slows them all alike and the ratios hold.
-Every contender's output is compared with torch eager's before its time counts.
+Every contender of one model and batch is a path (onnxtwin.runtime.paths): torch eager,
+torch.compile, Keras through its tf.function, onnxruntime on each file and provider,
+default and tuned. All run in the same rounds, in a rotating order, so a noisy machine
+slows them all alike and the ratios hold. Before its time counts, every contender is
+compared with torch eager on every output by the comparison engine.
 """
 
 from __future__ import annotations
@@ -17,14 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxtwin.builders import grids
 from onnxtwin.runtime import FLOAT32_ABS_TOLERANCE, Session
+from onnxtwin.runtime.comparison import Case, compare_paths
+from onnxtwin.runtime.paths import ModelPath, OnnxPath
 
 Inputs = dict[str, np.ndarray]
-BATCHES = (1, 64)
-SEQ = 50
+BATCHES = grids.BENCH_BATCHES
+SEQ = grids.BENCH_SEQ
+REFERENCE = "torch eager"
+"""The name of the reference every contender is validated against (torch eager, float32)."""
 TARGET_ONNX_VS_NATIVE = 0.8  # the faster ONNX path on CPU / the fastest native framework
 TARGET_KERAS_VS_TORCH_FILE = 1.15  # the Keras-exported file / the torch-exported one
 TARGET_CNN_PEAK = 0.6  # CNN at batch 64: fraction of the measured float32 matmul peak
+TARGET_HELP_S, TARGET_FIRST_INFERENCE_S = 0.5, 1.0
+"""`onnxtwin --help`, and `run` / `serve` to their first inference, in a fresh process."""
 SETTLE_S = 0.1
 TUNING = [{"optimization": level, "threads": threads, "spinning": spinning}
           for level in ("extended", "all") for threads in (0, 1) for spinning in (True, False)]
@@ -32,17 +40,35 @@ TUNING = [{"optimization": level, "threads": threads, "spinning": spinning}
 (0: one per core) x idle threads spinning."""
 
 
+@dataclass(frozen=True)
+class BenchOptions:
+    """What `run_bench` measures: batches, the token models' sequence length, onnxruntime
+    providers, interleaved rounds and timed calls per round, and the optional parts."""
+
+    batches: tuple[int, ...] = BATCHES
+    seq: int = SEQ
+    providers: tuple[str, ...] = ("cpu",)
+    rounds: int = 10
+    calls: int = 10
+    compile_torch: bool = True
+    startup: bool = True
+
+
 @dataclass
 class Contender:
-    """One way to run a model: a name, native or onnx, its settings, and the call."""
+    """One way to run a model in the race: a path, native or onnx, its settings, the
+    tolerance (max abs vs torch eager, every output) it must meet to be timed."""
 
-    name: str
+    path: ModelPath = field(repr=False)
     kind: str  # "native" or "onnx"
-    run: Callable[[Inputs], np.ndarray] = field(repr=False)
     settings: dict = field(default_factory=dict)
-    tolerance: float = FLOAT32_ABS_TOLERANCE  # max abs error vs torch eager to be timed
+    tolerance: float = FLOAT32_ABS_TOLERANCE
     seconds: list[float] = field(default_factory=list, repr=False)
     max_abs_vs_torch: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.path.name
 
     def summary(self, batch: int) -> dict:
         ms = np.array(self.seconds) * 1e3
@@ -58,15 +84,15 @@ def interleave(contenders: list[Contender], inputs: Inputs, rounds: int, calls: 
     """`rounds` rounds; in each, every contender (in a rotated order) runs one untimed call,
     then `calls` timed calls. Before each block the machine settles for `settle_s`: the
     previous contender's idle threads (onnxruntime's spin for a while after each run)
-    would otherwise steal the cores from this one (measured: the same session timed 40%
-    apart depending on what ran before it)."""
+    would otherwise steal the cores from this one and make a session's time depend on
+    what ran before it."""
     for r in range(rounds):
         for c in contenders[r % len(contenders):] + contenders[:r % len(contenders)]:
             time.sleep(settle_s)
-            c.run(inputs)
+            c.path.run(inputs)
             for _ in range(calls):
                 start = time.perf_counter()
-                c.run(inputs)
+                c.path.run(inputs)
                 c.seconds.append(time.perf_counter() - start)
 
 
@@ -76,7 +102,7 @@ def tuned_session(path: Path, provider: str, inputs: Inputs, calls: int = 10
     best = None
     for settings in TUNING:
         session = Session(path, provider, strict=True, **settings)
-        candidate = Contender("candidate", "onnx", session.run)
+        candidate = Contender(OnnxPath(session, "candidate"), "onnx")
         interleave([candidate], inputs, rounds=2, calls=calls // 2)
         median = float(np.median(candidate.seconds))
         if best is None or median < best[0]:
@@ -84,8 +110,8 @@ def tuned_session(path: Path, provider: str, inputs: Inputs, calls: int = 10
     return best[1], best[2]
 
 
-def onnx_contenders(files: dict[str, Path], providers: list[str], inputs: Inputs,
-                    output: str) -> list[Contender]:
+def onnx_contenders(files: dict[str, Path], providers: list[str], inputs: Inputs
+                    ) -> list[Contender]:
     """Per file and provider: the tuned settings, and for plain exports also onnxruntime's
     defaults (an offline-optimised file is only worth its tuned run)."""
     contenders = []
@@ -94,11 +120,10 @@ def onnx_contenders(files: dict[str, Path], providers: list[str], inputs: Inputs
             if not label.endswith(".opt.onnx"):
                 default = Session(path, provider, strict=True)
                 contenders.append(Contender(
-                    f"{label}@{provider}", "onnx", lambda x, s=default: s.run(x)[output],
+                    OnnxPath(default, f"{label}@{provider}"), "onnx",
                     {"optimization": "all", "threads": 0, "spinning": True, "file": path.name}))
             tuned, settings = tuned_session(path, provider, inputs)
-            contenders.append(Contender(f"{label}@{provider} tuned", "onnx",
-                                        lambda x, s=tuned: s.run(x)[output],
+            contenders.append(Contender(OnnxPath(tuned, f"{label}@{provider} tuned"), "onnx",
                                         {**settings, "file": path.name}))
     return contenders
 
@@ -106,41 +131,63 @@ def onnx_contenders(files: dict[str, Path], providers: list[str], inputs: Inputs
 def native_contenders(twins, compile_torch: bool) -> list[Contender]:
     """torch eager, torch.compile and Keras through its tf.function. torch.compile compiles
     on its first call, in `validate`, which reports it if it cannot compile here."""
-    contenders = [Contender("torch", "native", twins.run_torch)]
+    contenders = [Contender(twins.torch, "native")]
     if compile_torch:
-        contenders.append(Contender("torch.compile", "native", _compiled(twins)))
-    return [*contenders, Contender("keras", "native", twins.run_keras_compiled)]
+        import torch
+
+        from onnxtwin.builders.paths import TorchPath
+
+        signature = twins.spec.signature
+        contenders.append(Contender(TorchPath(torch.compile(twins.torch_model),
+                                              signature.input_names, signature.output_names,
+                                              name="torch.compile"), "native"))
+    return [*contenders, Contender(twins.keras_compiled, "native")]
 
 
-def _compiled(twins) -> Callable[[Inputs], np.ndarray]:
-    import torch
+def validate(contenders: list[Contender], inputs: Inputs, reference: ModelPath,
+             dims: dict[str, int] | None = None) -> dict[str, str]:
+    """Drop, with the reason, each contender that cannot run or is further from `reference`
+    than its tolerance on any output; record the others' max abs error.
 
-    from onnxtwin.builders.twins import run_module
-
-    model = torch.compile(twins.torch_model)
-    names = [t.name for t in twins.spec.signature.inputs]
-
-    def run(inputs: Inputs) -> np.ndarray:
-        return run_module(model, [inputs[n] for n in names], torch.float32)
-    return run
-
-
-def validate(contenders: list[Contender], inputs: Inputs, reference: np.ndarray
-             ) -> dict[str, str]:
-    """Run each contender once (warm-up, compile); drop those that fail or are further
-    from `reference` than their tolerance."""
+    Each contender first runs once on its own (the warm-up, where torch.compile compiles),
+    so one that fails is reported rather than ending the benchmark; then the comparison
+    engine compares every survivor with the reference on every output.
+    """
     dropped = {}
     for c in list(contenders):
         try:
-            c.max_abs_vs_torch = float(np.abs(c.run(inputs) - reference).max())
+            c.path.run(inputs)
         except Exception as e:  # a path that cannot run here is reported, not fatal
             dropped[c.name] = f"{type(e).__name__}: {e}".splitlines()[0]
             contenders.remove(c)
-            continue
-        if not c.max_abs_vs_torch <= c.tolerance:
-            dropped[c.name] = f"max abs {c.max_abs_vs_torch:.2e} vs torch > {c.tolerance:g}"
-            contenders.remove(c)
+    case = Case(dict(dims or {}), inputs)
+    for tolerance in dict.fromkeys(c.tolerance for c in contenders):
+        group = [c for c in contenders if c.tolerance == tolerance]
+        checks = compare_paths([c.path for c in group], reference, [case], tolerance,
+                               pairs="reference").checks
+        for c in group:
+            own = [k for k in checks if k.actual == c.name]
+            c.max_abs_vs_torch = max(k.metrics.max_abs for k in own)
+            failed = [k for k in own if not k.passed]
+            if failed:
+                dropped[c.name] = "; ".join(_why(k) for k in failed)
+                contenders.remove(c)
     return dropped
+
+
+def _why(check) -> str:
+    if check.detail:
+        return f"{check.output}: {check.detail} (this path vs torch)"
+    if check.metrics.nonfinite:
+        return f"{check.output}: {check.metrics.nonfinite} non-finite values vs torch"
+    return f"{check.output}: max abs {check.metrics.max_abs:.2e} vs torch > {check.tolerance:g}"
+
+
+def relative_to_fastest_native(timed: list[dict]) -> None:
+    """Add each contender summary's `vs_fastest_native`: its p50 / the fastest native p50."""
+    fastest = min(r["p50_ms"] for r in timed if r["kind"] == "native")
+    for r in timed:
+        r["vs_fastest_native"] = r["p50_ms"] / fastest
 
 
 def targets(model: str, batch: int, results: list[dict], flops: float | None,
@@ -187,7 +234,7 @@ def torch_flops(spec, model, inputs: Inputs) -> float | None:
 
     if any(isinstance(m, torch.nn.RNNBase) for m in model.modules()):
         return None
-    names = [t.name for t in spec.signature.inputs]
+    names = spec.signature.input_names
     with FlopCounterMode(display=False) as counter, torch.enable_grad(), \
             sdpa_kernel([SDPBackend.MATH]):
         model(*(torch.from_numpy(inputs[n]) for n in names))
@@ -199,7 +246,7 @@ def matmul_peak_gflops(size: int = 1024, calls: int = 20) -> float:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    a = np.random.default_rng(grids.BENCH_SEED).random((size, size), dtype=np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, [size, size]) for n in "ab"],
@@ -235,72 +282,67 @@ def machine() -> dict:
                         "onnxruntime": "per contender (0 = one per core)"}}
 
 
-def bench_model(twins, out: Path, batches: tuple[int, ...], seq: int, providers: list[str],
-                rounds: int, calls: int, compile_torch: bool, peak_gflops: float,
-                on_step: Callable[[str], None]) -> list[dict]:
+def bench_model(twins, out: Path, options: BenchOptions, providers: list[str],
+                peak_gflops: float, on_step: Callable[[str], None]) -> list[dict]:
     """One model at each batch: every contender validated, timed interleaved, targets."""
-    from onnxtwin.builders import has_seq, sample_inputs
+    from onnxtwin.builders import sample_inputs
+    from onnxtwin.builders.paths import TorchPath
     from onnxtwin.export import export_model
     from onnxtwin.export.optimize import optimize_offline
 
     spec = twins.spec
+    signature = spec.signature
+    reference = TorchPath(twins.torch_model, signature.input_names, signature.output_names,
+                          name=REFERENCE)
     files = {}
     for fw in ("torch", "keras"):
         on_step(f"{spec.name}: exporting and optimising the {fw} twin")
         files[f"{fw}.onnx"] = export_model(twins, fw, out).path
         files[f"{fw}.opt.onnx"] = optimize_offline(files[f"{fw}.onnx"], twins, fw)[0]
     results = []
-    for batch in batches:
+    for batch in options.batches:
         on_step(f"{spec.name}: batch {batch}")
-        inputs = sample_inputs(spec, batch, seq if has_seq(spec) else None, seed=0)
-        contenders = [*native_contenders(twins, compile_torch),
-                      *onnx_contenders(files, providers, inputs, spec.signature.outputs[0].name)]
-        skipped = validate(contenders, inputs, twins.run_torch(inputs))
-        interleave(contenders, inputs, rounds, calls)
+        dims = grids.restrict({"batch": batch, "seq": options.seq}, signature.dims)
+        inputs = sample_inputs(spec, dims, seed=grids.BENCH_SEED)
+        contenders = [*native_contenders(twins, options.compile_torch),
+                      *onnx_contenders(files, providers, inputs)]
+        skipped = validate(contenders, inputs, reference, dims)
+        interleave(contenders, inputs, options.rounds, options.calls)
         timed = [c.summary(batch) for c in contenders]
-        fastest = min(r["p50_ms"] for r in timed if r["kind"] == "native")
-        for r in timed:
-            r["vs_fastest_native"] = r["p50_ms"] / fastest
+        relative_to_fastest_native(timed)
         flops = torch_flops(spec, twins.torch_model, inputs)
-        results.append({"name": spec.name, "batch": batch,
-                        "seq": seq if has_seq(spec) else None, "flops": flops,
-                        "contenders": timed, "skipped": skipped,
+        results.append({"name": spec.name, "batch": batch, "seq": dims.get("seq"),
+                        "flops": flops, "contenders": timed, "skipped": skipped,
                         "targets": targets(spec.name, batch, timed, flops, peak_gflops)})
     return results
 
 
-def run_bench(specs: list, out: Path, batches: tuple[int, ...] = BATCHES, seq: int = SEQ,
-              providers: tuple[str, ...] = ("cpu",), rounds: int = 10, calls: int = 10,
-              compile_torch: bool = True, startup: bool = True,
+def run_bench(specs: list, out: Path, options: BenchOptions = BenchOptions(),
               on_step: Callable[[str], None] = lambda _: None) -> dict:
     """Benchmark `specs`; returns the document that bench.json holds."""
     from onnxtwin.builders import build_twins
     from onnxtwin.runtime import usable_aliases
 
-    usable = [p for p in providers if p in usable_aliases()]
+    usable = [p for p in options.providers if p in usable_aliases()]
     on_step("measuring the float32 matmul peak")
     peak = matmul_peak_gflops()
     models = []
     for spec in specs:
-        models += bench_model(build_twins(spec), out, batches, seq, usable, rounds, calls,
-                              compile_torch, peak, on_step)
+        models += bench_model(build_twins(spec), out, options, usable, peak, on_step)
     found = [t for m in models for t in m["targets"]]
     document = {"benchmark": "onnxtwin bench", "machine": machine(),
                 "matmul_peak_gflops": peak,
-                "settings": {"batches": list(batches), "seq": seq, "rounds": rounds,
-                             "calls_per_round": calls, "providers": usable,
-                             "providers_asked": list(providers), "tuning": TUNING},
+                "settings": {"batches": list(options.batches), "seq": options.seq,
+                             "rounds": options.rounds, "calls_per_round": options.calls,
+                             "providers": usable, "providers_asked": list(options.providers),
+                             "tuning": TUNING},
                 "models": models,
-                "startup": startup_seconds(out, specs[0].name) if startup else None,
+                "startup": startup_seconds(out, specs[0].name) if options.startup else None,
                 "summary": {"targets": len(found), "met": sum(t["met"] for t in found)}}
     if document["startup"]:
         document["summary"]["targets"] += len(document["startup"]["targets"])
         document["summary"]["met"] += sum(t["met"] for t in document["startup"]["targets"])
     return document
-
-
-TARGET_HELP_S, TARGET_FIRST_INFERENCE_S = 0.5, 1.0
-
 
 def startup_seconds(out: Path, model: str, repeats: int = 3) -> dict:
     """Wall time of fresh processes: `onnxtwin --help`, and `onnxtwin run` and `onnxtwin
@@ -310,7 +352,7 @@ def startup_seconds(out: Path, model: str, repeats: int = 3) -> dict:
     import urllib.request
 
     from onnxtwin.runtime.arrays import save_arrays
-    from onnxtwin.runtime.server import probe_inputs
+    from onnxtwin.runtime.serve.server import probe_inputs
 
     path = out / f"{model}.torch.onnx"
     arrays = out / "startup-inputs.npz"
@@ -364,8 +406,8 @@ def startup_seconds(out: Path, model: str, repeats: int = 3) -> dict:
 def _json_infer_body(inputs) -> bytes:
     import json
 
-    from onnxtwin.runtime.oip import tensor_metadata
-    from onnxtwin.runtime.server import probe_inputs
+    from onnxtwin.runtime.serve.oip import tensor_metadata
+    from onnxtwin.runtime.serve.server import probe_inputs
 
     arrays = probe_inputs(inputs)
     return json.dumps({"inputs": [

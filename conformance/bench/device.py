@@ -3,19 +3,19 @@ in float32 and float16, with the fraction of the device's measured matmul peak.
 
 Runs without TensorFlow (a GPU machine need not have it): the ONNX files come from
 `onnxtwin export`, and the torch twin is rebuilt from the spec stamped in each file and
-checked against the file's weights hash. Contenders, per model and batch:
+checked against the file's weights hash. Contenders, per model and batch, each a path:
 
-- `torch@DEVICE` and `torch@DEVICE float16` (the module in half precision);
-- `FILE@PROVIDER bound`: onnxruntime with IO binding (outputs allocated on the device),
-  for the plain file and for its float16 copy (export/float16.py, inputs and outputs
-  stay float32).
+- `torch@DEVICE` and `torch@DEVICE float16` (TorchPath, the module in half precision);
+- `FILE@PROVIDER bound`: onnxruntime with IO binding (BoundPath, outputs allocated on
+  the device), for the plain file and for its float16 copy (export/float16.py, inputs
+  and outputs stay float32).
 
-Each call includes copying the inputs to the device and the logits back, on both sides.
-Every path is compared with torch eager float32 on the CPU before it is timed: float32
-paths within 1e-5, float16 paths within FLOAT16_REL_TOLERANCE of the logits' scale.
-TF32 is off in torch here and in onnxruntime's CUDA sessions (runtime.session), so
-float32 means float32 on both sides. `device="cpu"`
-runs the same code on the CPU (the tests do).
+Each call includes copying the inputs to the device and the outputs back, on both sides.
+Every path is compared with torch eager float32 on the CPU, on every output, before it
+is timed: float32 paths within FLOAT32_ABS_TOLERANCE, float16 paths within
+FLOAT16_REL_TOLERANCE of the outputs' scale. TF32 is off in torch here and in
+onnxruntime's CUDA sessions (runtime.session), so float32 means float32 on both sides.
+`device="cpu"` runs the same code on the CPU (the tests do).
 """
 
 from __future__ import annotations
@@ -25,8 +25,24 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxtwin.conformance.bench import Contender, Inputs, interleave, validate
+from onnxtwin.builders import grids
+from onnxtwin.conformance.bench.run import REFERENCE, Contender, interleave, validate
 from onnxtwin.runtime import FLOAT32_ABS_TOLERANCE, Session
+from onnxtwin.runtime.paths import OnnxPath
+
+
+class BoundPath(OnnxPath):
+    """An ONNX file run with IO binding: inputs copied to `device` once per call, outputs
+    allocated there and copied back (`Session.run_bound`)."""
+
+    def __init__(self, session: Session, device: str, name: str | None = None) -> None:
+        super().__init__(session, name)
+        self.device = device
+
+    def _run(self, args: list[np.ndarray]) -> list[np.ndarray]:
+        outputs = self.session.run_bound(dict(zip(self.input_names, args, strict=True)),
+                                         device=self.device)
+        return [outputs[n] for n in self.output_names]
 
 
 def torch_twin(path: Path):
@@ -45,7 +61,7 @@ def torch_twin(path: Path):
     meta = read_metadata(onnx.load(str(path), load_external_data=False))
     spec = make_spec(meta["onnxtwin.family"], meta["onnxtwin.variant"],
                      **json.loads(meta["onnxtwin.hyperparameters"]))
-    model = seeded_torch_model(spec, 0).eval()
+    model = seeded_torch_model(spec, grids.WEIGHT_SEED).eval()
     if weights_hash(torch_state(model)) != meta["onnxtwin.weights_hash"]:
         raise OnnxtwinError(f"{path.name}: expected the seed-0 weights of {spec.name}, got a "
                             f"file of other weights (hash {meta['onnxtwin.weights_hash'][:12]})")
@@ -53,30 +69,26 @@ def torch_twin(path: Path):
 
 
 def torch_contender(model, spec, device: str, half: bool, tolerance: float) -> Contender:
-    """The module on `device` (float16 weights and float inputs if `half`)."""
+    """A copy of the module on `device` (float16 weights and float inputs if `half`)."""
     import copy
 
     import torch
 
-    from onnxtwin.builders.twins import run_module
+    from onnxtwin.builders.paths import TorchPath
 
     dtype = torch.float16 if half else torch.float32
-    model = copy.deepcopy(model).to(device=device, dtype=dtype)
-    names = [t.name for t in spec.signature.inputs]
-
-    def run(inputs: Inputs) -> np.ndarray:
-        return run_module(model, [inputs[n] for n in names], dtype, device).astype(np.float32)
-    return Contender(f"torch@{device}" + (" float16" if half else ""), "native", run,
-                     {"dtype": "float16" if half else "float32"}, tolerance)
+    module = copy.deepcopy(model).to(device=device, dtype=dtype)
+    path = TorchPath(module, spec.signature.input_names, spec.signature.output_names,
+                     name=f"torch@{device}" + (" float16" if half else ""), dtype=dtype,
+                     device=device)
+    return Contender(path, "native", {"dtype": "float16" if half else "float32"}, tolerance)
 
 
-def onnx_contender(path: Path, device: str, output: str, half: bool,
-                   tolerance: float) -> Contender:
+def onnx_contender(path: Path, device: str, half: bool, tolerance: float) -> Contender:
     """onnxruntime on `device`'s provider (the same alias), inputs bound and outputs
     allocated there."""
-    session = Session(path, device, strict=True)
-    return Contender(f"{path.name.removesuffix('.onnx')}@{device} bound", "onnx",
-                     lambda x: session.run_bound(x, device=device)[output],
+    name = f"{path.name.removesuffix('.onnx')}@{device} bound"
+    return Contender(BoundPath(Session(path, device, strict=True), device, name), "onnx",
                      {"dtype": "float16" if half else "float32", "io_binding": True},
                      tolerance)
 
@@ -87,7 +99,8 @@ def matmul_peak_tflops(device: str, dtype: str, calls: int = 20) -> float:
     import torch
 
     size = 8192 if device == "cuda" else 512
-    a = torch.randn(size, size, device=device, dtype=getattr(torch, dtype))
+    generator = torch.Generator(device).manual_seed(grids.BENCH_SEED)
+    a = torch.randn(size, size, generator=generator, device=device, dtype=getattr(torch, dtype))
     best = 0.0
     for _ in range(calls + 1):
         _sync(device)
@@ -108,30 +121,30 @@ def _sync(device: str) -> None:
 def bench_file(path: Path, out: Path, device: str, batches: tuple[int, ...], seq: int,
                rounds: int, calls: int, peaks: dict[str, float]) -> list[dict]:
     """One exported file at each batch: torch and onnxruntime, float32 and float16."""
-    import torch
-
-    from onnxtwin.builders import has_seq, sample_inputs
-    from onnxtwin.builders.twins import run_module
-    from onnxtwin.conformance.bench import torch_flops
+    from onnxtwin.builders import sample_inputs
+    from onnxtwin.builders.paths import TorchPath
+    from onnxtwin.conformance.bench.run import torch_flops
     from onnxtwin.export.float16 import FLOAT16_REL_TOLERANCE, to_float16
 
     spec, model = torch_twin(path)
-    output = spec.signature.outputs[0].name
-    shaped = {batch: sample_inputs(spec, batch, seq if has_seq(spec) else None, seed=0)
+    signature = spec.signature
+    reference = TorchPath(model, signature.input_names, signature.output_names, REFERENCE)
+    points = {batch: grids.restrict({"batch": batch, "seq": seq}, signature.dims)
               for batch in batches}
+    shaped = {batch: sample_inputs(spec, dims, seed=grids.BENCH_SEED)
+              for batch, dims in points.items()}
     half_path = to_float16(path, out / f"{path.name.removesuffix('.onnx')}.float16.onnx",
                            list(shaped.values()), provider=device).path
     results = []
     for batch, inputs in shaped.items():
-        reference = run_module(model, [inputs[t.name] for t in spec.signature.inputs],
-                               torch.float32)
-        scale = float(np.abs(reference).max())
+        scale = max(float(np.abs(v).max()) for v in reference.run(inputs).values()
+                    if np.issubdtype(v.dtype, np.floating))
         half = FLOAT16_REL_TOLERANCE * max(1.0, scale)
         contenders = [torch_contender(model, spec, device, False, FLOAT32_ABS_TOLERANCE),
                       torch_contender(model, spec, device, True, half),
-                      onnx_contender(path, device, output, False, FLOAT32_ABS_TOLERANCE),
-                      onnx_contender(half_path, device, output, True, half)]
-        skipped = validate(contenders, inputs, reference)
+                      onnx_contender(path, device, False, FLOAT32_ABS_TOLERANCE),
+                      onnx_contender(half_path, device, True, half)]
+        skipped = validate(contenders, inputs, reference, points[batch])
         interleave(contenders, inputs, rounds, calls)
         flops = torch_flops(spec, model, inputs)
         timed = [c.summary(batch) for c in contenders]
@@ -139,15 +152,15 @@ def bench_file(path: Path, out: Path, device: str, batches: tuple[int, ...], seq
             c["fraction_of_peak"] = None if flops is None else \
                 flops / (c["p50_ms"] / 1e3) / 1e12 / peaks[c["settings"]["dtype"]]
         results.append({"name": spec.name, "file": path.name, "batch": batch,
-                        "seq": seq if has_seq(spec) else None, "flops": flops,
+                        "seq": points[batch].get("seq"), "flops": flops,
                         "reference_max_abs": scale,
                         "contenders": timed, "skipped": skipped})
     return results
 
 
 def run_device_bench(files: list[Path], out: Path, device: str = "cuda",
-                     batches: tuple[int, ...] = (1, 64), seq: int = 50, rounds: int = 10,
-                     calls: int = 10) -> dict:
+                     batches: tuple[int, ...] = grids.BENCH_BATCHES,
+                     seq: int = grids.BENCH_SEQ, rounds: int = 10, calls: int = 10) -> dict:
     """Benchmark `files` on `device`; returns the document bench_device.json holds."""
     import onnxruntime
     import torch

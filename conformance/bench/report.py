@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxtwin.conformance.bench import TARGET_ONNX_VS_NATIVE
+from onnxtwin.conformance.bench.run import TARGET_ONNX_VS_NATIVE
 from onnxtwin.conformance.render import figure, html_table, md_table, svg, write_texts
 
 COLUMNS = ["model", "batch", "path", "settings", "p50 ms", "p90 ms", "samples/s",
