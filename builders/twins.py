@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from onnxtwin.builders import grids
 from onnxtwin.builders.paths import KerasFunctionPath, KerasPath, TorchPath, oracle_path
 from onnxtwin.builders.registry import get_spec, make_spec
 from onnxtwin.builders.signature import ModelSpec
@@ -88,7 +89,8 @@ class Twins:
         return out
 
 
-def build_twins(model: str | ModelSpec, seed: int = 0, source: Source = "torch") -> Twins:
+def build_twins(model: str | ModelSpec, seed: int = grids.WEIGHT_SEED,
+                source: Source = "torch") -> Twins:
     """Initialise `source`'s twin with `seed` and transfer its weights to the other one.
 
     The same spec, seed and source give bit-identical weights.

@@ -12,12 +12,12 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from onnxtwin.builders import ModelSpec, build_twins
+from onnxtwin.builders import ModelSpec, build_twins, grids
 from onnxtwin.conformance.native import NativeParity, native_parity
 from onnxtwin.runtime.files import atomic_path
 
 
-def build_all(specs: Sequence[ModelSpec], seed: int = 0, source: str = "torch",
+def build_all(specs: Sequence[ModelSpec], seed: int = grids.WEIGHT_SEED, source: str = "torch",
               out: str | Path = "onnxtwin-build",
               on_step: Callable[[str], None] = lambda _: None) -> list[NativeParity]:
     """For each spec: build its twins from `source`'s initialisation (`seed`), save them to

@@ -111,7 +111,7 @@ def run_matrix(twins: Twins, out_dir: str | Path, providers: list[str], options:
     timing_dims = grids.restrict(grids.TIMING, spec.signature.dims)
     x = inputs(spec, timing_dims, seed=options.seed)
     latency = tuple(Latency(p.name, timing_dims,
-                            measure(lambda p=p: p.run(x), timing_dims["batch"],
+                            measure(lambda p=p: p.run(x), timing_dims.get("batch", 1),
                                     runs=options.timing_runs, warmup=3)) for p in paths)
     accuracy = None
     if data is not None:

@@ -11,13 +11,13 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from onnxtwin.builders import ModelSpec, build_twins
+from onnxtwin.builders import ModelSpec, build_twins, grids
 from onnxtwin.export.exporter import DEFAULT_OPSET, check_request, export_model, graph_differences
 from onnxtwin.runtime.files import atomic_path
 
 
 def export_all(specs: Sequence[ModelSpec], frameworks: Sequence[str], out: str | Path, *,
-               opset: int = DEFAULT_OPSET, seed: int = 0, use_cache: bool = True,
+               opset: int = DEFAULT_OPSET, seed: int = grids.WEIGHT_SEED, use_cache: bool = True,
                optimized: bool = False,
                on_step: Callable[[str], None] = lambda _: None) -> dict:
     """Build each spec's twins with `seed`, export them from every framework into OUT, and
