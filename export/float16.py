@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxtwin.runtime.comparison import Case, compare_paths
 from onnxtwin.runtime.errors import OnnxtwinError
 from onnxtwin.runtime.files import atomic_path
-from onnxtwin.runtime.metrics import compare
+from onnxtwin.runtime.paths import OnnxPath
 from onnxtwin.runtime.session import Session
 
 FLOAT16_REL_TOLERANCE = 5e-3
@@ -45,9 +46,11 @@ def to_float16(source: str | Path, destination: str | Path, inputs: list[dict[st
     with atomic_path(destination) as tmp:
         onnx.save(model, str(tmp))
         half = Session(tmp, provider, strict=True)
-        worst = [compare(half.run(x)[name], value)
-                 for x in inputs for name, value in reference.run(x).items()]
-        max_abs, max_rel = max(c.max_abs for c in worst), max(c.max_rel for c in worst)
+        checks = compare_paths([OnnxPath(half, "float16")], OnnxPath(reference, "float32"),
+                               [Case({}, x) for x in inputs], float("inf"),
+                               pairs="reference").checks  # judged relative to scale below
+        max_abs = max(c.metrics.max_abs for c in checks)
+        max_rel = max(c.metrics.max_rel for c in checks)
         if not max_rel <= tolerance:
             raise OnnxtwinError(f"float16 copy of {Path(source).name}: expected max error within "
                                 f"{tolerance:g} of the output scale, got {max_rel:.3g}")
