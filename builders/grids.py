@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Mapping
 
+from onnxtwin.runtime.errors import OnnxtwinError
+
 Grid = Mapping[str, tuple[int, ...]]
 """Dim name -> the values it takes."""
 Dims = dict[str, int]
@@ -55,7 +57,8 @@ def combinations(grid: Grid, dims: Iterable[str]) -> list[Dims]:
     present = list(dict.fromkeys(dims))
     missing = [d for d in present if d not in grid]
     if missing:
-        raise KeyError(f"grid {dict(grid)} gives no values for dims {missing}")
+        raise OnnxtwinError(f"grid {dict(grid)}: expected values for every named dim of the "
+                            f"signature {present}, got none for {missing}")
     names = [d for d in grid if d in present]
     return [dict(zip(names, values, strict=True))
             for values in itertools.product(*(grid[d] for d in names))]

@@ -27,7 +27,7 @@ class TorchPath(ModelPath):
                          inputs, outputs)
         self.module, self.dtype, self.device = module.eval(), dtype, device
 
-    def _run(self, args: list[np.ndarray]) -> list[np.ndarray]:
+    def _run(self, args: list[np.ndarray]):
         return run_module(self.module, args, self.dtype, self.device)
 
 
@@ -39,9 +39,9 @@ class KerasPath(ModelPath):
         super().__init__(PathInfo(name, "keras"), inputs, outputs)
         self.model = model
 
-    def _run(self, args: list[np.ndarray]) -> list[np.ndarray]:
+    def _run(self, args: list[np.ndarray]):
         result = self.model(args[0] if len(args) == 1 else args, training=False)
-        return [np.asarray(r) for r in _as_list(result)]
+        return _outputs(result, np.asarray)
 
 
 class KerasFunctionPath(ModelPath):
@@ -77,7 +77,7 @@ def oracle_path(module: torch.nn.Module, inputs: Sequence[str], outputs: Sequenc
 
 
 def run_module(model: torch.nn.Module, args: Sequence[np.ndarray], dtype: torch.dtype,
-               device: str = "cpu") -> list[np.ndarray]:
+               device: str = "cpu") -> list[np.ndarray] | dict[str, np.ndarray]:
     """Run a torch module (on `device`) in inference mode on numpy arrays; float inputs
     cast to `dtype`; every output comes back as it was computed."""
     def tensor(a: np.ndarray) -> torch.Tensor:
@@ -86,11 +86,12 @@ def run_module(model: torch.nn.Module, args: Sequence[np.ndarray], dtype: torch.
 
     with torch.inference_mode():
         result = model(*(tensor(a) for a in args))
-    return [r.cpu().numpy() for r in _as_list(result)]
+    return _outputs(result, lambda t: t.cpu().numpy())
 
 
-def _as_list(result) -> list:
-    """A model's result as a list of outputs: a tuple, a list, a dict (in order) or one tensor."""
+def _outputs(result, to_numpy):
+    """A model's result as numpy outputs: a dict stays by name (ModelPath.run picks the
+    declared names), a tuple or list in order, one tensor as one output."""
     if isinstance(result, dict):
-        return list(result.values())
-    return list(result) if isinstance(result, list | tuple) else [result]
+        return {k: to_numpy(v) for k, v in result.items()}
+    return [to_numpy(r) for r in (result if isinstance(result, list | tuple) else [result])]

@@ -101,8 +101,8 @@ class Comparisons:
 
 
 def describe(dims: Mapping[str, int]) -> str:
-    """'batch 7, seq 12': a grid point for messages."""
-    return ", ".join(f"{d} {v}" for d, v in dims.items())
+    """'batch 7, seq 12': a grid point for messages ('the given inputs' when it has none)."""
+    return ", ".join(f"{d} {v}" for d, v in dims.items()) or "the given inputs"
 
 
 def tolerance_for(tolerances: OutputTolerances, output: str) -> float:
@@ -136,6 +136,10 @@ def compare_paths(paths: Sequence[ModelPath], reference: ModelPath | None,
     if pairs == "all":
         compared += list(itertools.combinations(names, 2))
     runs = [*paths, *([reference] if reference else [])]
+    named = {p.name: p.output_names for p in runs if p.output_names}
+    if len(set(named.values())) > 1:
+        raise OnnxtwinError(f"compare_paths: expected every path to have the same outputs, "
+                            f"got {named}")
     checks: list[Check] = []
     kept: dict[str, list[Arrays]] = {p.name: [] for p in runs} if keep_outputs else {}
     for case in cases:

@@ -50,7 +50,21 @@ class ModelPath(ABC):
         if sorted(inputs) != sorted(self.input_names):
             raise OnnxtwinError(f"path {self.name!r}: expected inputs {list(self.input_names)}, "
                                 f"got {sorted(inputs)}")
-        outputs = self._run([inputs[n] for n in self.input_names])
+        try:
+            outputs = self._run([inputs[n] for n in self.input_names])
+        except OnnxtwinError:
+            raise
+        except Exception as e:  # a framework's own error: one line, naming the path
+            cause = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise OnnxtwinError(f"path {self.name!r}: expected the model to run, got "
+                                f"{type(e).__name__}: {cause}") from None
+        if isinstance(outputs, Mapping):  # outputs by name: take the declared ones
+            missing = [n for n in self.output_names if n not in outputs]
+            if missing:
+                raise OnnxtwinError(f"path {self.name!r}: expected outputs "
+                                    f"{list(self.output_names)}, the model gave {list(outputs)}")
+            outputs = [outputs[n] for n in self.output_names] if self.output_names \
+                else list(outputs.values())
         names = self.output_names or tuple(f"output_{i}" for i in range(len(outputs)))
         if len(outputs) != len(names):
             raise OnnxtwinError(f"path {self.name!r}: expected {len(names)} outputs "
@@ -58,8 +72,9 @@ class ModelPath(ABC):
         return dict(zip(names, outputs, strict=True))
 
     @abstractmethod
-    def _run(self, args: list[np.ndarray]) -> Sequence[np.ndarray]:
-        """The outputs, in `output_names` order, for the inputs in `input_names` order."""
+    def _run(self, args: list[np.ndarray]) -> Sequence[np.ndarray] | Mapping[str, np.ndarray]:
+        """The outputs (in `output_names` order, or by name) for the inputs in `input_names`
+        order."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -96,4 +111,6 @@ class FunctionPath(ModelPath):
 
     def _run(self, args: list[np.ndarray]) -> Sequence[np.ndarray]:
         result = self.fn(*args)
+        if isinstance(result, Mapping):
+            return {k: np.asarray(v) for k, v in result.items()}
         return [np.asarray(r) for r in (result if isinstance(result, list | tuple) else [result])]

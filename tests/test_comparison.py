@@ -128,3 +128,28 @@ def test_a_multi_output_torch_and_keras_pair_is_compared_on_both_heads(assert_tw
     wrong = keras.Model(x, [dense(x), keras.ops.tanh(x) * 1.01])
     with pytest.raises(AssertionError, match=r"torch vs keras \[output_1\]: max abs .*FAIL"):
         assert_twins_agree(model, wrong, inputs)
+
+
+def test_outputs_by_name_are_looked_up_and_framework_errors_are_one_line():
+    swapped = FunctionPath(PathInfo("swapped", "python"),
+                           lambda x: {"embedding": x[:, :2], "logits": 2 * x}, ["x"], OUTPUTS)
+    result = compare_paths([swapped], two_heads("ref"), cases(), 1e-9)
+    assert result.passed and len(result.checks) == 4  # by name, not by position
+    raising = FunctionPath(PathInfo("torchy", "python"),
+                           lambda x: (_ for _ in ()).throw(RuntimeError("size mismatch\nmore")),
+                           ["x"], ["y"])
+    with pytest.raises(OnnxtwinError, match=r"^torchy at batch 1: path 'torchy': expected the "
+                                            r"model to run, got RuntimeError: size mismatch$"):
+        compare_paths([raising], None, cases((1,)), 1e-5)
+    other = FunctionPath(PathInfo("other", "python"), lambda x: x, ["x"], ["z"])
+    with pytest.raises(OnnxtwinError, match="expected every path to have the same outputs"):
+        compare_paths([other], two_heads("ref"), cases(), 1e-5)
+
+
+def test_a_grid_without_a_signature_dim_is_a_one_line_error():
+    from onnxtwin.builders import grids
+
+    assert grids.combinations({"batch": (1, 2), "seq": (3,)}, ["batch"]) == [{"batch": 1},
+                                                                              {"batch": 2}]
+    with pytest.raises(OnnxtwinError, match=r"got none for \['height'\]$"):
+        grids.combinations({"batch": (1,)}, ["batch", "height"])
