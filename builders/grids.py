@@ -27,8 +27,9 @@ TIMING: Dims = {"batch": 7, "seq": 50}
 EXPORT_EXAMPLE: Dims = {"batch": 3, "seq": 5}
 """The torch exporter's example: sizes >= 2 and different, or a dim may become static."""
 SLOW: Grid = {"batch": (64,), "seq": (256,)}
+"""The slow tier's native parity: batch 64 at sequence 256."""
 LONG: Grid = {"batch": (4,), "seq": (2048,)}
-"""The slow tier's native parity: batch 64, and the Transformer's longest sequences."""
+"""The slow tier's Transformer at its longest sequence."""
 BENCH_BATCHES = (1, 64)
 BENCH_SEQ = 50
 """`onnxtwin bench`: batch sizes, and the sequence length of token models."""

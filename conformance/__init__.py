@@ -1,5 +1,6 @@
-"""Conformance: grids of inputs through the comparison engine, localisation, tolerances,
-reports, the benchmark, the CLI and the pytest plugin.
+"""Conformance: the matrix and native and accuracy parity over the comparison engine
+(onnxtwin.runtime.comparison; grids in onnxtwin.builders.grids), localisation,
+tolerances, reports, the benchmark, the CLI and the pytest plugin.
 
     from onnxtwin.builders import get_spec
     from onnxtwin.conformance.orchestrator import CheckOptions, check

@@ -24,7 +24,8 @@ class Tolerances:
     defaults: dict[str, float] = field(default_factory=dict)
     models: dict[str, float | dict[str, float]] = field(default_factory=dict)
 
-    def get(self, model: str, output: str, dtype: str, family: float | None = None) -> float:
+    def get(self, model: str, output: str, dtype: str,
+            family_tolerance: float | None = None) -> float:
         override = self.models.get(model)
         if isinstance(override, dict) and output in override:
             return override[output]
@@ -32,8 +33,8 @@ class Tolerances:
             return float(override)
         if dtype in self.defaults:
             return self.defaults[dtype]
-        if dtype == "float32" and family is not None:
-            return family
+        if dtype == "float32" and family_tolerance is not None:
+            return family_tolerance
         if dtype not in DEFAULTS:
             raise OnnxtwinError(f"tolerance for {model}/{output}: expected a default for dtype "
                                 f"{dtype!r} ({sorted(DEFAULTS)}), got none")

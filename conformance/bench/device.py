@@ -55,16 +55,21 @@ def torch_twin(path: Path):
     from onnxtwin.builders import make_spec
     from onnxtwin.builders.twins import seeded_torch_model
     from onnxtwin.builders.weights import torch_state, weights_hash
-    from onnxtwin.export.metadata import read_metadata
+    from onnxtwin.export import metadata
     from onnxtwin.runtime.errors import OnnxtwinError
 
-    meta = read_metadata(onnx.load(str(path), load_external_data=False))
-    spec = make_spec(meta["onnxtwin.family"], meta["onnxtwin.variant"],
-                     **json.loads(meta["onnxtwin.hyperparameters"]))
+    meta = metadata.read_metadata(onnx.load(str(path), load_external_data=False))
+    keys = (metadata.FAMILY, metadata.VARIANT, metadata.HYPERPARAMETERS, metadata.WEIGHTS_HASH)
+    if missing := [k for k in keys if k not in meta]:
+        raise OnnxtwinError(f"{path.name}: expected a file exported by onnxtwin (metadata "
+                            f"{list(keys)}), got none of {missing}")
+    spec = make_spec(meta[metadata.FAMILY], meta[metadata.VARIANT],
+                     **json.loads(meta[metadata.HYPERPARAMETERS]))
     model = seeded_torch_model(spec, grids.WEIGHT_SEED).eval()
-    if weights_hash(torch_state(model)) != meta["onnxtwin.weights_hash"]:
-        raise OnnxtwinError(f"{path.name}: expected the seed-0 weights of {spec.name}, got a "
-                            f"file of other weights (hash {meta['onnxtwin.weights_hash'][:12]})")
+    stamped = meta[metadata.WEIGHTS_HASH]
+    if weights_hash(torch_state(model)) != stamped:
+        raise OnnxtwinError(f"{path.name}: expected the seed-{grids.WEIGHT_SEED} weights of "
+                            f"{spec.name}, got a file of other weights (hash {stamped[:12]})")
     return spec, model
 
 
