@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from onnxtwin.builders import Twins, grids, sample_inputs
 from onnxtwin.builders.paths import ORACLE
-from onnxtwin.runtime.comparison import REPORTED_DIMS, Case, Comparisons, compare_paths
+from onnxtwin.runtime.comparison import Case, Comparisons, compare_paths, dims_record
 from onnxtwin.runtime.metrics import json_ready
 
 PAIRS = ("torch_vs_keras", "torch_vs_oracle", "keras_vs_oracle")
@@ -35,7 +35,7 @@ class NativeParity:
         cases: dict[tuple, dict] = {}
         for c in self.result.checks:
             case = cases.setdefault((tuple(c.dims.items()), c.output),
-                                    {**dict.fromkeys(REPORTED_DIMS), **c.dims, "output": c.output})
+                                    {**dims_record(c.dims), "output": c.output})
             pair = next(p for p, paths in _PAIR_PATHS.items() if paths == (c.actual, c.expected))
             case[pair] = json_ready(asdict(c.metrics))
         return {"model": self.model, "tolerance": self.tolerance, "cases": list(cases.values())}

@@ -9,7 +9,7 @@ import onnx
 
 from onnxtwin.builders import ModelSpec, grids, sample_inputs
 from onnxtwin.export.graphs import node_ops, written_opset
-from onnxtwin.runtime.comparison import REPORTED_DIMS, Case, PathFailed, compare_paths, describe
+from onnxtwin.runtime.comparison import Case, PathFailed, compare_paths, describe, dims_record
 from onnxtwin.runtime.errors import OnnxtwinError, first_line
 from onnxtwin.runtime.paths import ModelPath, OnnxPath
 from onnxtwin.runtime.session import Session
@@ -24,7 +24,7 @@ class GateCase:
     max_abs: float
 
     def to_dict(self) -> dict:
-        return {**dict.fromkeys(REPORTED_DIMS), **self.dims, "max_abs": self.max_abs}
+        return {**dims_record(self.dims), "max_abs": self.max_abs}
 
     @classmethod
     def from_dict(cls, record: dict) -> GateCase:

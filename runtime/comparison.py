@@ -26,6 +26,11 @@ REPORTED_DIMS = ("batch", "seq")
 """Dims every comparison record carries (None where the model has no such dim)."""
 
 
+def dims_record(dims: Mapping[str, int]) -> dict[str, int | None]:
+    """A point as a record's fields: REPORTED_DIMS always (None if absent), then the rest."""
+    return {**dict.fromkeys(REPORTED_DIMS), **dims}
+
+
 @dataclass(frozen=True)
 class Case:
     """One point of a grid (dim name -> size) and the inputs drawn at it."""
@@ -63,10 +68,9 @@ class Check:
         return describe(self.dims)
 
     def to_dict(self) -> dict:
-        dims = {**dict.fromkeys(REPORTED_DIMS), **self.dims}
         return {"actual": self.actual, "expected": self.expected, "output": self.output,
-                **dims, "tolerance": self.tolerance, **json_ready(asdict(self.metrics)),
-                "passed": self.passed}
+                **dims_record(self.dims), "tolerance": self.tolerance,
+                **json_ready(asdict(self.metrics)), "passed": self.passed}
 
 
 @dataclass(frozen=True)
