@@ -50,7 +50,8 @@ def test_a_path_that_disagrees_on_any_output_or_fails_is_not_timed():
     assert contenders == [good, loose]
     assert good.max_abs_vs_torch == pytest.approx(2e-6, rel=0.1)  # the worse of two outputs
     assert loose.max_abs_vs_torch == pytest.approx(1e-3, rel=0.1)  # within its own 1e-2
-    assert dropped == {"broken": "ZeroDivisionError: division by zero",
+    assert dropped == {"broken": "path 'broken': expected the model to run, got "
+                                 "ZeroDivisionError: division by zero",
                        "second": "hidden: max abs 1.00e-03 vs torch > 1e-05",
                        "nan": "logits: 20 non-finite values vs torch",
                        "shape": "logits: shape (1, 10) vs (2, 10) (this path vs torch)"}

@@ -21,6 +21,7 @@ import numpy as np
 from onnxtwin.builders import grids
 from onnxtwin.runtime import FLOAT32_ABS_TOLERANCE, Session
 from onnxtwin.runtime.comparison import Case, compare_paths
+from onnxtwin.runtime.errors import OnnxtwinError
 from onnxtwin.runtime.paths import ModelPath, OnnxPath
 
 Inputs = dict[str, np.ndarray]
@@ -158,7 +159,8 @@ def validate(contenders: list[Contender], inputs: Inputs, reference: ModelPath,
         try:
             c.path.run(inputs)
         except Exception as e:  # a path that cannot run here is reported, not fatal
-            dropped[c.name] = f"{type(e).__name__}: {e}".splitlines()[0]
+            why = str(e) if isinstance(e, OnnxtwinError) else f"{type(e).__name__}: {e}"
+            dropped[c.name] = why.splitlines()[0]
             contenders.remove(c)
     case = Case(dict(dims or {}), inputs)
     for tolerance in dict.fromkeys(c.tolerance for c in contenders):
