@@ -24,7 +24,7 @@ from onnxtwin.builders.signature import ModelSpec
 from onnxtwin.builders.twins import SOURCES, Twins, from_keras, from_weights, load_twins
 from onnxtwin.builders.weights import torch_state
 from onnxtwin.runtime.errors import OnnxtwinError
-from onnxtwin.runtime.files import atomic_path
+from onnxtwin.runtime.files import write_json
 from onnxtwin.runtime.tokenizer import PAD, UNKNOWN, Tokenizer
 
 TRAINING_FILE, TOKENIZER_FILE = "training.json", "tokenizer.json"
@@ -80,8 +80,7 @@ class Trained:
                   "framework": self.framework, "samples": self.samples,
                   "recipe": asdict(self.recipe),
                   "history": [asdict(e) for e in self.history]}
-        with atomic_path(folder / TRAINING_FILE) as tmp:
-            tmp.write_text(json.dumps(record, indent=2) + "\n")
+        write_json(folder / TRAINING_FILE, record)
         return folder
 
 

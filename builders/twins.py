@@ -26,7 +26,7 @@ from onnxtwin.builders.weights import (
     weights_hash,
 )
 from onnxtwin.runtime.errors import OnnxtwinError
-from onnxtwin.runtime.files import atomic_path
+from onnxtwin.runtime.files import atomic_path, write_json
 
 Source = Literal["torch", "keras"]
 SOURCES: tuple[str, ...] = get_args(Source)
@@ -83,9 +83,7 @@ class Twins:
         save_weights(out / TORCH_FILE, weights, meta)
         with atomic_path(out / KERAS_FILE) as tmp:
             self.keras_model.save_weights(str(tmp))
-        with atomic_path(out / SPEC_FILE) as tmp:
-            tmp.write_text(json.dumps({**meta, "hyperparameters": self.spec.hyperparameters()},
-                                      indent=2) + "\n")
+        write_json(out / SPEC_FILE, {**meta, "hyperparameters": self.spec.hyperparameters()})
         return out
 
 

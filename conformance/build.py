@@ -8,13 +8,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from onnxtwin.builders import ModelSpec, build_twins, grids
 from onnxtwin.conformance.native import NativeParity, native_parity
-from onnxtwin.runtime.files import atomic_path
+from onnxtwin.runtime.files import write_json
 
 
 def build_all(specs: Sequence[ModelSpec], seed: int = grids.WEIGHT_SEED, source: str = "torch",
@@ -38,8 +37,5 @@ def build_all(specs: Sequence[ModelSpec], seed: int = grids.WEIGHT_SEED, source:
 def write_parity(results: Sequence[NativeParity], out: str | Path, seed: int,
                  source: str) -> Path:
     """OUT/parity.json, atomically: the settings and every model's comparisons."""
-    path = Path(out) / "parity.json"
-    document = {"seed": seed, "source": source, "models": [r.to_dict() for r in results]}
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(document, indent=2) + "\n")
-    return path
+    return write_json(Path(out) / "parity.json", {
+        "seed": seed, "source": source, "models": [r.to_dict() for r in results]})

@@ -7,13 +7,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from onnxtwin.builders import ModelSpec, build_twins, grids
 from onnxtwin.export.exporter import DEFAULT_OPSET, check_request, export_model, graph_differences
-from onnxtwin.runtime.files import atomic_path
+from onnxtwin.runtime.files import write_json
 
 
 def export_all(specs: Sequence[ModelSpec], frameworks: Sequence[str], out: str | Path, *,
@@ -51,6 +50,5 @@ def export_all(specs: Sequence[ModelSpec], frameworks: Sequence[str], out: str |
         models.append({"model": spec.name, "differences": graph_differences(results),
                        "files": files})
     document = {"opset": opset, "seed": seed, "models": models}
-    with atomic_path(out / "export.json") as tmp:
-        tmp.write_text(json.dumps(document, indent=2) + "\n")
+    write_json(out / "export.json", document)
     return document

@@ -56,14 +56,6 @@ class Check:
     def passed(self) -> bool:
         return self.metrics.passed(self.tolerance)
 
-    @property
-    def batch(self) -> int | None:
-        return self.dims.get("batch")
-
-    @property
-    def seq(self) -> int | None:
-        return self.dims.get("seq")
-
     def where(self) -> str:
         return describe(self.dims)
 

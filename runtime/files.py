@@ -4,6 +4,7 @@ and one check of the files a user names."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import secrets
 import shutil
@@ -31,6 +32,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike[str], document: object) -> Path:
+    """Write `document` as indented JSON (one trailing newline), atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return Path(path)
 
 
 LOCK_FILE = ".onnxtwin.lock"

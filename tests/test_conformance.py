@@ -47,7 +47,7 @@ def test_matrix_compares_every_path_with_the_oracle_and_every_pair(checked):
     assert [p.name for p in cnn.paths] == paths
     # per shape: 4 paths vs the oracle + 6 pairs; cnn 2 shapes, gru 2 batches x 4 lengths
     assert (len(cnn.checks), len(gru.checks)) == (2 * 10, 8 * 10)
-    assert {(c.batch, c.seq) for c in gru.checks} == {(b, s) for b in (1, 7)
+    assert {(c.dims["batch"], c.dims["seq"]) for c in gru.checks} == {(b, s) for b in (1, 7)
                                                       for s in (1, 12, 50, 256)}
     for m in report.models:
         for c in m.checks:
