@@ -9,6 +9,10 @@ class OnnxtwinError(Exception):
     """A user error: the message says what was expected and what was given, on one line."""
 
 
+class ResourceLimit(OnnxtwinError):
+    """A run would need more memory than its bound allows (HTTP 413 when serving)."""
+
+
 def first_line(error: Exception) -> str:
     """The first non-empty line of a library's error message (onnxruntime's, onnx's)."""
     lines = [s.strip() for s in str(error).splitlines() if s.strip()]

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from onnxtwin.runtime.errors import OnnxtwinError, first_line
+from onnxtwin.runtime.errors import OnnxtwinError, ResourceLimit, first_line
 from onnxtwin.runtime.files import existing_file
+from onnxtwin.runtime.memory import MemoryModel, unnamed_dim
 from onnxtwin.runtime.providers import refuse_or_warn, resolve
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -37,6 +38,10 @@ PROVIDER_OPTIONS = {"CUDAExecutionProvider": {"use_tf32": "0"}}
 TF32 (10-bit mantissa) unless told not to (`use_tf32` defaults to true in 1.31's
 cuda_execution_provider_info.h): a relative rounding step of 4.9e-4 instead of
 float32's 6e-8."""
+DEFAULT_MEMORY_LIMIT = 2**30
+"""Bytes one run of `onnxtwin run` or `serve` may need (estimated before it runs): a
+Transformer at batch 64 and seq 200 needs about 90 MB, at batch 8 and seq 2048 about 1.1 GB,
+and a small machine serves several models at once."""
 SIGNATURE_KEY = "onnxtwin.signature"
 """metadata_props key under which an export stamps its signature (JSON, with token vocab)."""
 
@@ -59,19 +64,25 @@ class Session:
     """An onnxruntime.InferenceSession with providers, options and validation chosen once.
 
     `run` is safe to call from many threads at once (onnxruntime's Run is; the wrapper
-    keeps no per-call state).
+    keeps no per-call state). With `memory_limit` (bytes), a run whose estimated peak
+    memory (`needed_bytes`) exceeds it is refused before anything is allocated; with
+    `arena` off, onnxruntime returns a large run's memory to the system afterwards instead
+    of keeping it in its CPU arena.
     """
 
     def __init__(self, path: str | os.PathLike[str], provider: str = "cpu", *,
                  strict: bool = False, threads: int = 0, optimization: str = "all",
-                 check_finite: bool = False, spinning: bool = True) -> None:
+                 check_finite: bool = False, spinning: bool = True,
+                 memory_limit: int | None = None, arena: bool = True) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
         self.requested = provider.lower()
         self.check_finite = check_finite
+        self.memory_limit = memory_limit
         wanted = resolve(self.requested, strict)
         options = ort.SessionOptions()
+        options.enable_cpu_mem_arena = arena
         options.intra_op_num_threads = threads
         # Idle intra-op threads spin for a while after each run (onnxruntime's default):
         # lower latency for back-to-back runs, but cores taken from everything else.
@@ -91,6 +102,7 @@ class Session:
         vocab = _stamped_vocab(self.metadata)
         self.inputs = tuple(_info(v, vocab.get(v.name)) for v in self._session.get_inputs())
         self.outputs = tuple(_info(v) for v in self._session.get_outputs())
+        self._memory = MemoryModel(self.path) if memory_limit is not None else None
 
     @property
     def provider(self) -> str:
@@ -98,10 +110,12 @@ class Session:
         return self.providers[0]
 
     def validate(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Check names, dtypes, ranks, fixed and shared dims, token range and (optionally) NaN/Inf.
+        """Check names, dtypes, ranks, fixed and shared dims, token range, (optionally)
+        NaN/Inf, and the memory the run needs against `memory_limit`.
 
-        Returns the inputs as numpy arrays; raises OnnxtwinError naming the input, what
-        was expected and what was given.
+        Returns the inputs as numpy arrays in native byte order (onnxruntime reads raw
+        bytes: a big-endian array would run as garbage); raises OnnxtwinError naming the
+        input, what was expected and what was given (ResourceLimit for memory).
         """
         if not isinstance(inputs, Mapping):
             raise OnnxtwinError(f"{self.path.name}: expected a mapping of input names to arrays,"
@@ -115,10 +129,36 @@ class Session:
         named: dict[str, tuple[int, str]] = {}
         arrays = {}
         for info in self.inputs:
-            array = np.asarray(inputs[info.name])
+            array = native_order(np.asarray(inputs[info.name]))
             _check_array(info, array, named, self.check_finite)
             arrays[info.name] = array
+        self.check_memory(self.run_dims(arrays))
         return arrays
+
+    def run_dims(self, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
+        """The size of each dynamic input dim in a run on `arrays` (validated), by name
+        (dims without a name are called as `memory.unnamed_dim` calls them)."""
+        dims = {}
+        for info in self.inputs:
+            for axis, (want, size) in enumerate(zip(info.shape, arrays[info.name].shape,
+                                                    strict=True)):
+                if not isinstance(want, int):
+                    dims[want or unnamed_dim(info.name, axis)] = size
+        return dims
+
+    def needed_bytes(self, dims: Mapping[str, int]) -> int:
+        """Estimated peak memory of a run at these dims (0 without a memory limit)."""
+        return self._memory.estimate(dims) if self._memory is not None else 0
+
+    def check_memory(self, dims: Mapping[str, int]) -> None:
+        """Raise ResourceLimit if a run at these dims would need more than `memory_limit`."""
+        needed = self.needed_bytes(dims)
+        if self.memory_limit is not None and needed > self.memory_limit:
+            given = ", ".join(f"{k}={v}" for k, v in dims.items())
+            raise ResourceLimit(f"{self.path.name}: expected a run that needs at most "
+                                f"{self.memory_limit / 2**20:.0f} MiB, got {given}, which "
+                                f"needs about {needed / 2**20:.0f} MiB (fewer rows or a "
+                                f"shorter sequence fit)")
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Validate, run, and return every output by name."""
@@ -153,6 +193,11 @@ class Session:
         self._session.run_with_iobinding(binding)
         return {o.name: v for o, v in zip(self.outputs, binding.copy_outputs_to_cpu(),
                                           strict=True)}
+
+
+def native_order(array: np.ndarray) -> np.ndarray:
+    """`array` with its bytes in this machine's order (a copy only if they were not)."""
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
 
 def _create(ort: Any, path: Path, options: Any, providers: list[str]) -> Any:

@@ -1,0 +1,114 @@
+"""The per-run memory estimate, the memory bound of a Session, and byte order.
+
+Expectations are computed by hand from the graphs built here, not by the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxtwin.runtime import OnnxtwinError, Session
+from onnxtwin.runtime.errors import ResourceLimit
+from onnxtwin.runtime.memory import MemoryModel
+from onnxtwin.runtime.session import SIGNATURE_KEY
+
+WIDTH = 8
+
+
+def save(graph, path, props=None):
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10  # onnx 1.23 stamps 14, which onnxruntime 1.31 refuses
+    if props:
+        helper.set_model_props(model, props)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def attention(tmp_path):
+    """x [batch, seq, 8] -> Transpose -> MatMul (scores [batch, seq, seq]) -> Softmax ->
+    ReduceSum over the last axis -> y [batch, seq]."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["x", "t"], ["scores"]),
+             helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+             helper.make_node("ReduceSum", ["p", "axes"], ["y"], keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [2])])
+    return save(graph, tmp_path / "attention.onnx")
+
+
+def by_hand(batch: int, seq: int) -> int:
+    """Peak live bytes of the `attention` graph: t [b,8,s] and scores [b,s,s] live at the
+    MatMul, scores and p at the Softmax, p and y at the ReduceSum."""
+    t, scores, p, y = (4 * batch * n for n in (WIDTH * seq, seq * seq, seq * seq, seq))
+    return max(t, t + scores, scores + p, p + y)
+
+
+@pytest.mark.parametrize(("batch", "seq"), [(1, 1), (3, 5), (3, 100), (64, 2048), (7, 9)])
+def test_estimate_is_the_peak_of_live_tensors(attention, batch, seq):
+    assert MemoryModel(attention).estimate({"batch": batch, "seq": seq}) == by_hand(batch, seq)
+
+
+def test_dynamic_dims_without_a_name_are_estimated_too(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Concat", ["x", "x"], ["y"], axis=0)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])])
+    session = Session(save(graph, tmp_path / "g.onnx"), memory_limit=2**20)
+    dims = session.run_dims({"x": np.zeros((10, 3), np.float32)})
+    assert dims == {"x[0]": 10}
+    assert session.needed_bytes(dims) == 2 * 10 * 3 * 4
+
+
+def test_a_run_over_the_memory_limit_is_refused_before_it_runs(attention):
+    limit = by_hand(4, 64)
+    session = Session(attention, memory_limit=limit)
+    session.run({"x": np.ones((4, 64, WIDTH), np.float32)})  # exactly at the limit
+    with pytest.raises(ResourceLimit) as refused:
+        session.run({"x": np.ones((4, 65, WIDTH), np.float32)})
+    assert str(refused.value) == (
+        f"attention.onnx: expected a run that needs at most {limit / 2**20:.0f} MiB, got "
+        f"batch=4, seq=65, which needs about {by_hand(4, 65) / 2**20:.0f} MiB (fewer rows or "
+        f"a shorter sequence fit)")
+    assert isinstance(refused.value, OnnxtwinError)
+    assert Session(attention).needed_bytes({"batch": 4, "seq": 65}) == 0  # no limit, no model
+
+
+@pytest.fixture
+def embedding(tmp_path):
+    """tokens int64 [batch, seq] (vocab 16, stamped) -> Gather from a [16, 2] table."""
+    table = np.arange(32, dtype=np.float32).reshape(16, 2)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "tokens"], ["vectors"])], "embedding",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("vectors", TensorProto.FLOAT, ["batch", "seq", 2])],
+        [helper.make_tensor("table", TensorProto.FLOAT, [16, 2], table.ravel())])
+    signature = {"inputs": [{"name": "tokens", "vocab": 16}]}
+    return save(graph, tmp_path / "embedding.onnx", {SIGNATURE_KEY: json.dumps(signature)})
+
+
+@pytest.mark.parametrize("order", [">", "<"])
+def test_inputs_in_either_byte_order_give_the_native_result(attention, embedding, order):
+    x = np.random.default_rng(0).random((2, 3, WIDTH), dtype=np.float32)
+    expected = np.exp(x @ x.transpose(0, 2, 1))
+    expected = (expected / expected.sum(-1, keepdims=True)).sum(-1)
+    got = Session(attention).run({"x": x.astype(f"{order}f4")})["y"]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+    tokens = np.array([[1, 15], [0, 7]])
+    vectors = Session(embedding).run({"tokens": tokens.astype(f"{order}i8")})["vectors"]
+    np.testing.assert_array_equal(vectors, np.stack([tokens * 2, tokens * 2 + 1], -1))
+
+
+def test_big_endian_token_ids_are_checked_by_value(embedding):
+    with pytest.raises(OnnxtwinError, match=r"expected token ids in \[0, 16\), got ids from "
+                                            r"0 to 16$"):
+        Session(embedding).run({"tokens": np.array([[0, 16]], ">i8")})
