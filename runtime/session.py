@@ -43,7 +43,8 @@ DEFAULT_MEMORY_LIMIT = 2**30
 Transformer at batch 64 and seq 200 needs about 90 MB, at batch 8 and seq 2048 about 1.1 GB,
 and a small machine serves several models at once."""
 SIGNATURE_KEY = "onnxtwin.signature"
-"""metadata_props key under which an export stamps its signature (JSON, with token vocab)."""
+"""metadata_props key under which an export stamps its signature (JSON, with token vocab
+and the largest size of dims that have one, e.g. a Transformer's positions)."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class Session:
         except UnicodeDecodeError as e:  # onnxruntime decodes metadata_props as UTF-8 here
             raise OnnxtwinError(f"{self.path}: expected UTF-8 metadata_props, got bytes that "
                                 f"do not decode ({e.reason})") from None
-        vocab = _stamped_vocab(self.metadata)
+        vocab, self.max_dims = _stamped_limits(self.metadata)
         self.inputs = tuple(_info(v, vocab.get(v.name)) for v in self._session.get_inputs())
         self.outputs = tuple(_info(v) for v in self._session.get_outputs())
         self._memory = MemoryModel(self.path) if memory_limit is not None else None
@@ -130,7 +131,7 @@ class Session:
         arrays = {}
         for info in self.inputs:
             array = native_order(np.asarray(inputs[info.name]))
-            _check_array(info, array, named, self.check_finite)
+            _check_array(info, array, named, self.max_dims, self.check_finite)
             arrays[info.name] = array
         self.check_memory(self.run_dims(arrays))
         return arrays
@@ -239,14 +240,16 @@ def _optimization_level(name: str) -> Any:
     return levels[name]
 
 
-def _stamped_vocab(metadata: Mapping[str, str]) -> dict[str, int]:
-    """Token inputs' vocab sizes from the stamped signature; empty for foreign models."""
+def _stamped_limits(metadata: Mapping[str, str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Token inputs' vocab sizes and dims' largest sizes from the stamped signature; empty
+    for foreign models."""
     try:
         stamped = json.loads(metadata.get(SIGNATURE_KEY, "{}"))
-        return {i["name"]: int(i["vocab"]) for i in stamped.get("inputs", ())
-                if i.get("vocab") is not None}
+        vocab = {i["name"]: int(i["vocab"]) for i in stamped.get("inputs", ())
+                 if i.get("vocab") is not None}
+        return vocab, {str(d): int(n) for d, n in stamped.get("max_dims", ())}
     except (ValueError, TypeError, KeyError, AttributeError):
-        return {}
+        return {}, {}
 
 
 def _info(value: Any, vocab: int | None = None) -> TensorInfo:
@@ -255,7 +258,7 @@ def _info(value: Any, vocab: int | None = None) -> TensorInfo:
 
 
 def _check_array(info: TensorInfo, array: np.ndarray, named: dict[str, tuple[int, str]],
-                 check_finite: bool) -> None:
+                 max_dims: Mapping[str, int], check_finite: bool) -> None:
     given = f"got {array.dtype}{list(array.shape)}"
     if array.dtype.name != info.dtype or array.ndim != len(info.shape):
         raise OnnxtwinError(f"input {info.name!r}: expected {info}, {given}")
@@ -266,6 +269,9 @@ def _check_array(info: TensorInfo, array: np.ndarray, named: dict[str, tuple[int
         if isinstance(want, int) and size != want:
             raise OnnxtwinError(f"input {info.name!r}: expected size {want} in dim {axis} "
                                 f"({info}), {given}")
+        if isinstance(want, str) and size > max_dims.get(want, size):
+            raise OnnxtwinError(f"input {info.name!r}: expected {want} <= {max_dims[want]} (the "
+                                f"largest the model takes), {given}")
         if isinstance(want, str):
             seen = named.setdefault(want, (size, info.name))
             if seen[0] != size:

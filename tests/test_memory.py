@@ -84,14 +84,15 @@ def test_a_run_over_the_memory_limit_is_refused_before_it_runs(attention):
 
 @pytest.fixture
 def embedding(tmp_path):
-    """tokens int64 [batch, seq] (vocab 16, stamped) -> Gather from a [16, 2] table."""
+    """tokens int64 [batch, seq] (vocab 16 and seq <= 4, stamped) -> Gather from a [16, 2]
+    table."""
     table = np.arange(32, dtype=np.float32).reshape(16, 2)
     graph = helper.make_graph(
         [helper.make_node("Gather", ["table", "tokens"], ["vectors"])], "embedding",
         [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "seq"])],
         [helper.make_tensor_value_info("vectors", TensorProto.FLOAT, ["batch", "seq", 2])],
         [helper.make_tensor("table", TensorProto.FLOAT, [16, 2], table.ravel())])
-    signature = {"inputs": [{"name": "tokens", "vocab": 16}]}
+    signature = {"inputs": [{"name": "tokens", "vocab": 16}], "max_dims": [["seq", 4]]}
     return save(graph, tmp_path / "embedding.onnx", {SIGNATURE_KEY: json.dumps(signature)})
 
 
@@ -112,3 +113,12 @@ def test_big_endian_token_ids_are_checked_by_value(embedding):
     with pytest.raises(OnnxtwinError, match=r"expected token ids in \[0, 16\), got ids from "
                                             r"0 to 16$"):
         Session(embedding).run({"tokens": np.array([[0, 16]], ">i8")})
+
+
+def test_a_dim_over_its_stamped_maximum_is_refused_in_one_line(embedding):
+    session = Session(embedding)
+    assert session.run({"tokens": np.ones((3, 4), np.int64)})["vectors"].shape == (3, 4, 2)
+    with pytest.raises(OnnxtwinError) as refused:
+        session.run({"tokens": np.ones((3, 5), np.int64)})
+    assert str(refused.value) == ("input 'tokens': expected seq <= 4 (the largest the model "
+                                  "takes), got int64[3, 5]")
