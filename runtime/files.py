@@ -1,37 +1,73 @@
 """Files: atomic writes (a reader sees the old file or the new one, never a partial one),
-and one check of the files a user names."""
+one check of the files a user names, and one rule for names that become paths."""
 
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import re
+import reprlib
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from onnxtwin.runtime.errors import OnnxtwinError
 
+TEMPORARY_PREFIX = ".onnxtwin-tmp-"
+_TEMPORARY = re.compile(re.escape(TEMPORARY_PREFIX) + r"([0-9]{1,10})-[0-9a-f]{8}-.+", re.DOTALL)
+
+
+def temporary_name(name: str) -> str:
+    """A name beside `name` for a file or folder being written: a prefix only onnxtwin
+    writes, the writer's pid (to tell a dead writer's leftovers), a random part, then
+    `name` (writers that insist on a suffix, as Keras on `.weights.h5`, accept it)."""
+    return f"{TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{name}"
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
 
-    The temporary name carries the writer's pid and ends with the final name, so writers
-    that insist on a suffix (Keras wants `.weights.h5`) accept it. A process killed with
-    SIGKILL cannot remove its temporary file; the next write into the folder does.
+    A process killed with SIGKILL cannot remove its temporary file; the next write into the
+    folder does. An OSError that names no file (a full disk) or the temporary one is given
+    `path`, the name the user knows.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _check_target(target)
+    make_folder(target.parent)
     remove_stale_temporaries(target.parent)
-    tmp = target.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{target.name}")
+    tmp = target.with_name(temporary_name(target.name))
     try:
         yield tmp
         os.replace(tmp, target)
+    except OSError as e:
+        if e.filename is None or str(e.filename) == str(tmp):
+            raise OSError(e.errno, e.strerror or str(e), str(target)) from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _check_target(target: Path) -> None:
+    """Refuse, in one line and before the work, a write that would replace a folder (a
+    symbolic link is replaced itself; what it points to is never written through)."""
+    if target.is_dir() and not target.is_symlink():
+        raise OnnxtwinError(f"{target}: expected a file path to write, got a directory")
+
+
+def make_folder(folder: Path) -> Path:
+    """Create `folder` and its parents unless it exists; one line if something that is not
+    a folder holds its name."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OnnxtwinError(f"{folder}: expected a folder, got "
+                            f"{_kind(folder.stat().st_mode)}") from None
+    return folder
 
 
 def write_json(path: str | os.PathLike[str], document: object) -> Path:
@@ -74,11 +110,23 @@ def folder_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def remove_stale_temporaries(folder: Path) -> None:
-    """Delete the temporary files in `folder` whose writing process no longer runs."""
-    for tmp in folder.glob(".tmp-*-*-*"):
-        pid = tmp.name.split("-")[1]
-        if pid.isdigit() and not _running(int(pid)):
-            tmp.unlink(missing_ok=True)
+    """Delete the temporary files in `folder` whose writing process no longer runs.
+
+    Only regular files whose whole name is one `temporary_name` makes: a user's file that
+    merely looks alike, a folder or a symbolic link is never touched.
+    """
+    for entry in folder.glob(TEMPORARY_PREFIX + "*"):
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match and _is_regular(entry) and not _running(int(match[1])):
+            entry.unlink(missing_ok=True)
+
+
+def _is_regular(path: Path) -> bool:
+    """Whether `path` itself (not what a symbolic link points to) is a regular file."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _running(pid: int) -> bool:
@@ -88,15 +136,54 @@ def _running(pid: int) -> bool:
         return False
     except PermissionError:  # another user's live process
         return True
+    except OverflowError:  # larger than any pid the system gives
+        return False
     return True
 
 
 def existing_file(path: Path, what: str) -> Path:
-    """`path` if it is a non-empty file; else one line saying it was expected to be `what`."""
-    if not path.exists():
-        raise OnnxtwinError(f"{path}: expected {what}, got a path that does not exist")
-    if not path.is_file():
-        raise OnnxtwinError(f"{path}: expected {what}, got a directory")
-    if path.stat().st_size == 0:
+    """`path` if it is a non-empty regular file (symbolic links followed); else one line
+    saying it was expected to be `what` and what it is. A FIFO or a device is refused
+    before anything opens it, so reading never blocks."""
+    try:
+        status = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        got = "a symbolic link to nothing" if path.is_symlink() else "a path that does not exist"
+        raise OnnxtwinError(f"{path}: expected {what}, got {got}") from None
+    except ValueError as e:  # an embedded NUL byte
+        raise OnnxtwinError(f"{path!r}: expected {what}, got an invalid path ({e})") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise OnnxtwinError(f"{path}: expected {what}, got {_kind(status.st_mode)}")
+    if status.st_size == 0:
         raise OnnxtwinError(f"{path}: expected {what}, got an empty file")
     return path
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISREG, "a file"))
+
+
+def _kind(mode: int) -> str:
+    """What a file is, in words."""
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NAME_RULE = "1 to 64 ASCII letters, digits, '_', '.' or '-', starting with a letter or digit"
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+
+
+def shown(value: object) -> str:
+    """repr(value), shortened for a one-line message (a user's megabyte name must not
+    become the message)."""
+    return _SHORT.repr(value)
+
+
+def safe_name(name: object, what: str) -> str:
+    """`name` if it may become a file or folder name (so never '', '.', '..', a '/' or a
+    control character); else one line naming `what`."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise OnnxtwinError(f"{what}: expected {NAME_RULE}, got {shown(name)}")
+    return name

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from onnxtwin.conformance.cli import app
 from onnxtwin.conformance.render import ACCURACY_COLUMNS
+from onnxtwin.runtime.files import TEMPORARY_PREFIX
 
 TENSORFLOW_NOISE = ("absl::InitializeLog()", "oneDNN custom operations")
 
@@ -139,7 +140,7 @@ def test_build_writes_weights_and_parity(tmp_path):
     gru = report["models"][1]
     assert len(gru["cases"]) == 6
     assert max(c["torch_vs_keras"]["max_abs"] for c in gru["cases"]) <= 1e-5
-    assert not list(tmp_path.glob("**/.tmp-*"))
+    assert not list(tmp_path.glob(f"**/{TEMPORARY_PREFIX}*"))
     assert not [n for n in TENSORFLOW_NOISE if n in result.stderr], result.stderr
 
 

@@ -16,7 +16,7 @@ from cli_runner import CLI, onnxtwin
 from onnxtwin.builders.weights import read_weights
 from onnxtwin.conformance.report import without_timings
 from onnxtwin.runtime import OnnxtwinError, Session
-from onnxtwin.runtime.files import atomic_path, folder_lock
+from onnxtwin.runtime.files import TEMPORARY_PREFIX, atomic_path, folder_lock
 
 PREVIOUS = b"the previous export"
 
@@ -29,7 +29,7 @@ def export_until_a_temporary_exists(out: Path) -> tuple[subprocess.Popen, list[P
                                 "--no-cache", "--out", str(out)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
-    while not (temporaries := list(out.glob(".tmp-*"))):
+    while not (temporaries := list(out.glob(f"{TEMPORARY_PREFIX}*"))):
         assert process.poll() is None, "the export ended before writing its temporary file"
         assert time.monotonic() < deadline, "no temporary file within 180 s"
         time.sleep(0.01)
@@ -45,9 +45,9 @@ def test_a_killed_export_leaves_the_previous_file_intact(tmp_path, how):
     assert (tmp_path / "transformer.keras.onnx").read_bytes() == PREVIOUS
     assert not (tmp_path / "export.json").exists()
     if how == "SIGTERM":  # exits through the finally blocks
-        assert not list(tmp_path.glob(".tmp-*")), stderr[-2000:]
+        assert not list(tmp_path.glob(f"{TEMPORARY_PREFIX}*")), stderr[-2000:]
     else:  # nothing runs after SIGKILL: the next write into the folder removes the leftover
-        assert list(tmp_path.glob(".tmp-*")) == temporaries
+        assert list(tmp_path.glob(f"{TEMPORARY_PREFIX}*")) == temporaries
         with atomic_path(tmp_path / "other.txt") as tmp:
             tmp.write_text("next")
         assert sorted(p.name for p in tmp_path.iterdir()) == ["other.txt",

@@ -21,15 +21,18 @@ import typer
 from rich.console import Console, Group
 from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from onnxtwin.runtime.errors import OnnxtwinError
 
 app = typer.Typer(  # its help is the docstring of _root
     no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
     rich_markup_mode="markdown")  # docstring paragraphs re-wrap to the terminal's width
-# Logs (not a terminal, no COLUMNS) get wide tables instead of truncated columns.
-console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
-errors = Console(stderr=True)
+# Logs (not a terminal, no COLUMNS) get wide tables instead of truncated columns. No emoji
+# codes anywhere: rich would turn a user's `:-1:` into a thumbs-down.
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120,
+                  emoji=False)
+errors = Console(stderr=True, emoji=False)
 
 SpecOption = Annotated[Path | None, typer.Option(
     "--spec", help="TOML file of extra model variants (\\[models.NAME] tables).")]
@@ -48,21 +51,48 @@ def selected_specs(models: list[str] | None, spec_file: Path | None) -> list:
     return [get_spec(n) for n in models] if models else [*builtins(), *extra]
 
 
+def verbatim(text: str) -> str:
+    """`text` as given, on one line: control characters (a newline or a terminal escape in
+    a file name) are shown as escapes, so a message stays one line and cannot drive the
+    terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
+def say(out: Console, text: str) -> None:
+    """Print a line that holds user-given text exactly: no markup, emoji or highlighting."""
+    out.print(verbatim(text), markup=False, emoji=False, highlight=False, soft_wrap=True)
+
+
+def bounded(name: str, value: float, low: float, high: float) -> float:
+    """`value` if it lies in [low, high]; else one line. NaN and infinities never do, so an
+    option is refused before anything is sized from it."""
+    if low <= value <= high:
+        return value
+    expected = f">= {low}" if value < low else f"<= {high}" if value > high else \
+        f"from {low} to {high}"
+    raise OnnxtwinError(f"{name}: expected a number {expected}, got {value}")
+
+
 def result_table(title: str, columns: list[str], rows: list[list[str]]) -> Group:
-    """A table of result rows; cells that read "pass" or "FAIL" are coloured.
+    """A table of result rows; cells that read "pass" or "FAIL" are coloured. The title and
+    cells are printed as given (a path or name in them is never read as markup).
 
     If the columns do not fit the console, the table is turned: one line per column and
     one column per row, as many rows side by side as fit, so that no cell is cut.
     """
-    def mark(cell: str) -> str:
-        return {"pass": "[green]pass", "FAIL": "[red]FAIL"}.get(cell, cell)
+    def mark(cell: str) -> Text:
+        return Text(verbatim(cell), style={"pass": "green", "FAIL": "red"}.get(cell, ""))
+
+    def heading(text: str | None) -> Text | None:
+        return None if text is None else Text(verbatim(text), style="table.title")
 
     def fits(table: Table) -> bool:
         wide = console.options.update_width(10_000)
         return Measurement.get(console, wide, table).maximum <= console.width
 
     def turned(part: list[list[str]], caption: str | None) -> Table:
-        table = Table(title=caption, show_header=False,  # a title on one line if it can
+        table = Table(title=heading(caption), show_header=False,  # a title on one line if it can
                       min_width=min(len(caption or ""), console.width))
         table.add_column(style="bold", no_wrap=True)
         for _ in part:
@@ -71,7 +101,7 @@ def result_table(title: str, columns: list[str], rows: list[list[str]]) -> Group
             table.add_row(column, *(mark(row[i]) for row in part))
         return table
 
-    table = Table(title=title)
+    table = Table(title=heading(title))
     for column in columns:
         table.add_column(column, no_wrap=True)
     for row in rows:
@@ -85,17 +115,18 @@ def result_table(title: str, columns: list[str], rows: list[list[str]]) -> Group
                    for i in range(0, len(rows), per_table)))
 
 
-def session(path: Path, provider: str, strict: bool, check_finite: bool = False):
-    """A runtime Session; a provider fallback warning is printed on one line."""
+def session(path: Path, provider: str, strict: bool, **options):
+    """A runtime Session (`options` go to it); a provider fallback warning is printed on
+    one line."""
     import warnings
 
     from onnxtwin.runtime import ProviderFallbackWarning, Session
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProviderFallbackWarning)
-        result = Session(path, provider, strict=strict, check_finite=check_finite)
+        result = Session(path, provider, strict=strict, **options)
     for w in caught:
-        errors.print(f"warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
+        say(errors, f"warning: {w.message}")
     return result
 
 
@@ -157,6 +188,15 @@ def _root(
     """Build a model twice (PyTorch and Keras) with the same weights, and prove they agree."""
 
 
+def os_error(e: OSError) -> str:
+    """An OSError in one line: the path(s) when known (never "None"), and the reason."""
+    reason = e.strerror or str(e) or type(e).__name__
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    if not paths:  # a full disk or a lost device, raised by a write with no name
+        return f"expected the file system to read and write, got {reason}"
+    return f"{paths}: expected a path onnxtwin can read or write, got {reason}"
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2, never a traceback.
 
@@ -173,11 +213,10 @@ def main() -> None:
     try:
         app()
     except OnnxtwinError as e:
-        errors.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        say(errors, f"error: {e}")
         sys.exit(2)
     except OSError as e:  # a folder or file the user named cannot be made, read or written
-        errors.print(f"error: {e.filename}: expected a path onnxtwin can read or write, got "
-                     f"{e.strerror}", markup=False, highlight=False, soft_wrap=True)
+        say(errors, f"error: {os_error(e)}")
         sys.exit(2)
     except Exception:
         # The SystemExit of SIGTERM can surface as another error: raised while a C extension

@@ -9,10 +9,12 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from onnxtwin.conformance.cli.core import app, console, session
+from onnxtwin.conformance.cli.core import app, bounded, console, say, session
 
 PANEL = "Deployment (onnxruntime only)"
+MAX_RUN_MB = 1024.0  # runtime.session.DEFAULT_MEMORY_LIMIT, which would import onnxruntime
 
 
 @app.command(rich_help_panel=PANEL)
@@ -23,7 +25,7 @@ def providers() -> None:
     table = Table("provider", "onnxruntime name", "listed", "usable", "reason")
     for s in probe_all():
         table.add_row(s.alias, s.name, "yes" if s.listed else "no",
-                      "[green]yes" if s.usable else "[red]no", s.reason)
+                      "[green]yes" if s.usable else "[red]no", Text(s.reason))
     console.print(table)
 
 
@@ -38,6 +40,9 @@ def run(
     strict: Annotated[bool, typer.Option(
         help="Fail if the provider cannot run here, instead of falling back to CPU.")] = False,
     check_finite: Annotated[bool, typer.Option(help="Reject NaN/Inf in float inputs.")] = False,
+    max_run_mb: Annotated[float, typer.Option(
+        help="Most memory the run may need, estimated from the model's shapes before it "
+             "runs; more is refused.")] = MAX_RUN_MB,
 ) -> None:
     """Run an ONNX model on saved inputs (validated against its signature); write the outputs.
 
@@ -46,13 +51,14 @@ def run(
     """
     from onnxtwin.runtime.arrays import load_arrays, save_arrays
 
-    opened = session(model, provider, strict, check_finite)
+    limit = int(bounded("max_run_mb", max_run_mb, 1, 2**20) * 2**20)
+    opened = session(model, provider, strict, check_finite=check_finite, memory_limit=limit,
+                     arena=False)
     arrays = load_arrays(input, [i.name for i in opened.inputs])
     outputs = opened.run(arrays)
     save_arrays(output, outputs)
     shapes = ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in outputs.items())
-    console.print(f"ran {model.name} on {opened.provider}: wrote {output} ({shapes})",
-                  highlight=False)
+    say(console, f"ran {model.name} on {opened.provider}: wrote {output} ({shapes})")
 
 
 @app.command(rich_help_panel=PANEL)
@@ -84,11 +90,22 @@ def serve(
     from onnxtwin.runtime.serve.server import ServeOptions, model_names
     from onnxtwin.runtime.serve.server import serve as run_server
 
-    options = ServeOptions(max_batch, max_delay_ms, max_queue, int(max_request_mb * 2**20))
+    options = ServeOptions(**serve_bounds(max_batch, max_delay_ms, max_queue, max_request_mb))
     sessions = {name: session(path, provider, strict)
                 for name, path in model_names(models).items()}
-    run_server(sessions, host, port, options,
-               announce=lambda line: console.print(line, highlight=False, soft_wrap=True))
+    run_server(sessions, host, port, options, announce=lambda line: say(console, line))
+
+
+def serve_bounds(max_batch: int, max_delay_ms: float, max_queue: int,
+                 max_request_mb: float) -> dict[str, float]:
+    """ServeOptions' fields from the options, each refused in one line outside sane bounds
+    (NaN and infinities included), before any model loads: rows and queued requests up to
+    65536, a minute of batching delay, bodies from 1 KiB to 1 GiB."""
+    return {"max_batch": bounded("max_batch", max_batch, 0, 65536),
+            "max_delay_ms": bounded("max_delay_ms", max_delay_ms, 0, 60_000),
+            "max_queue": bounded("max_queue", max_queue, 1, 65536),
+            "max_request_bytes": int(bounded("max_request_mb", max_request_mb, 2**-10, 1024)
+                                     * 2**20)}
 
 
 class Target(StrEnum):
@@ -118,5 +135,4 @@ def deploy(
 
     folder = write_repository(model, out, name, TritonOptions(provider, max_batch, max_delay_us,
                                                               instances))
-    console.print(f"wrote {folder}: start Triton with --model-repository={out.resolve()}",
-                  highlight=False, soft_wrap=True)
+    say(console, f"wrote {folder}: start Triton with --model-repository={out.resolve()}")
