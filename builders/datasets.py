@@ -5,7 +5,8 @@
                     (seeded, stratified); the tokenizer is fitted on the training split only
     PATH.npz        `images` [N, H, W] or [N, 1, H, W] (uint8 0-255 or float 0-1) and `labels`;
                     optional `test_images`/`test_labels`, else a seeded stratified 80/20 split
-    PATH.csv        columns `text` and `label`; split like bbc-news
+    PATH.csv        columns `text` and `label` (UTF-8, a byte-order mark allowed), every row
+                    a label and a text with a word; split like bbc-news
 
 Class names are sorted, so label ids do not depend on directory order.
 """
@@ -20,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxtwin.builders.signature import MAX_WIDTH
 from onnxtwin.runtime.arrays import load_arrays
 from onnxtwin.runtime.errors import OnnxtwinError
-from onnxtwin.runtime.files import existing_file
-from onnxtwin.runtime.tokenizer import Tokenizer
+from onnxtwin.runtime.files import existing_file, shown
+from onnxtwin.runtime.tokenizer import WORD, Tokenizer
 
 BUILTIN_DATA = ("fashion-mnist", "bbc-news")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # $ONNXTWIN_FASHION_MNIST overrides
@@ -99,7 +101,8 @@ def load_dataset(source: str, vocab: int | None = None, seed: int = 0,
     if path.suffix == ".npz":
         return _images_npz(path, seed)
     if path.suffix == ".csv":
-        return _text_dataset(source, *_read_csv(path), vocab, seed, tokenizer)
+        rules = tokenizer or _default_rules()
+        return _text_dataset(source, *_read_csv(path, rules), vocab, seed, tokenizer)
     raise OnnxtwinError(f"data: expected one of {list(BUILTIN_DATA)}, a .npz of images or a "
                         f".csv of texts, got {source!r}")
 
@@ -146,7 +149,8 @@ def _text_dataset(name: str, texts: list[str], labels: list[str], vocab: int, se
     from sklearn.model_selection import train_test_split
 
     classes = tuple(sorted(set(labels)))
-    y = np.array([classes.index(label) for label in labels], dtype=np.int64)
+    to_ids = {c: i for i, c in enumerate(classes)}
+    y = np.array([to_ids[label] for label in labels], dtype=np.int64)
     train_texts, test_texts, y_train, y_test = train_test_split(
         texts, y, test_size=TEST_FRACTION, stratify=y, random_state=seed)
     tokenizer = tokenizer or Tokenizer.fit(train_texts, vocab, TEXT_MAX_LEN, ENGLISH_STOP_WORDS)
@@ -154,25 +158,61 @@ def _text_dataset(name: str, texts: list[str], labels: list[str], vocab: int, se
                    tokenizer.encode(test_texts), y_test, tuple(test_texts), tokenizer)
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[str]]:
+def _default_rules() -> Tokenizer:
+    """The rules of the tokenizer `_text_dataset` fits (its words, before any vocabulary)."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return Tokenizer((), TEXT_MAX_LEN, frozenset(ENGLISH_STOP_WORDS))
+
+
+def _read_csv(path: Path, rules: Tokenizer) -> tuple[list[str], list[str]]:
+    """(texts, labels) of a CSV with columns text and label; every row is checked, so a
+    careless file fails here in one line naming its line, not later in training."""
     existing_file(path, "a CSV file with columns text and label")
+    texts, labels = [], []
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (UnicodeDecodeError, csv.Error) as e:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # Excel writes a BOM
+            reader = csv.reader(f)
+            header = next(reader, [])
+            if not {"text", "label"} <= set(header):
+                raise OnnxtwinError(f"{path}: expected columns text and label, got "
+                                    f"{sorted(header) if header else 'no rows'}")
+            for row in filter(None, reader):  # blank lines are no rows
+                text, label = _checked_row(path, reader.line_num, row, header, rules)
+                texts.append(text)
+                labels.append(label)
+    except UnicodeDecodeError as e:
         raise OnnxtwinError(f"{path}: expected a UTF-8 CSV file, got {e}") from None
-    if not rows or not {"text", "label"} <= set(rows[0]):
-        raise OnnxtwinError(f"{path}: expected columns text and label, got "
-                            f"{sorted(rows[0]) if rows else 'no rows'}")
-    _enough_per_class(path, [r["label"] for r in rows])
-    return [r["text"] for r in rows], [r["label"] for r in rows]
+    except csv.Error as e:
+        raise OnnxtwinError(f"{path}: expected a well-formed CSV file, got {e}") from None
+    _enough_per_class(path, labels)
+    return texts, labels
+
+
+def _checked_row(path: Path, line: int, row: list[str], header: list[str],
+                 rules: Tokenizer) -> tuple[str, str]:
+    """(text, label) of one CSV row that has a field per column, a label and a word."""
+    if len(row) != len(header):
+        raise OnnxtwinError(f"{path}: expected {len(header)} fields on every row (a text "
+                            f"that holds a comma in quotes), got {len(row)} on line {line}")
+    text, label = row[header.index("text")], row[header.index("label")]
+    if not label.strip():
+        raise OnnxtwinError(f"{path}: expected a label on every row, got an empty one on "
+                            f"line {line}")
+    if not rules.words(text):
+        raise OnnxtwinError(f"{path}: expected every text to hold {WORD}, got none on line "
+                            f"{line}: {shown(text)}")
+    return text, label
 
 
 def _images_npz(path: Path, seed: int) -> Dataset:
     arrays = load_arrays(path, ["images"])
     if not {"images", "labels"} <= set(arrays):
         raise OnnxtwinError(f"{path}: expected arrays images and labels, got {sorted(arrays)}")
-    raw = np.asarray(arrays["labels"])
+    if ("test_images" in arrays) != ("test_labels" in arrays):
+        raise OnnxtwinError(f"{path}: expected test_images and test_labels together or "
+                            f"neither, got {sorted(arrays)}")
+    x, raw = _labelled(path, arrays, "images", "labels")
     _enough_per_class(path, raw.tolist())
     classes = tuple(str(c) for c in np.unique(raw))
     to_ids = {c: i for i, c in enumerate(classes)}
@@ -180,15 +220,13 @@ def _images_npz(path: Path, seed: int) -> Dataset:
     def labels(a: np.ndarray) -> np.ndarray:
         return np.array([to_ids.get(str(v), -1) for v in a], dtype=np.int64)
 
-    x, y = _images(arrays["images"], path), labels(raw)
-    if ("test_images" in arrays) != ("test_labels" in arrays):
-        raise OnnxtwinError(f"{path}: expected test_images and test_labels together or "
-                            f"neither, got {sorted(arrays)}")
+    y = labels(raw)
     if "test_images" in arrays:
-        x_test, y_test = _images(arrays["test_images"], path), labels(arrays["test_labels"])
+        x_test, raw_test = _labelled(path, arrays, "test_images", "test_labels")
+        y_test = labels(raw_test)
         if (y_test < 0).any():
-            raise OnnxtwinError(f"{path}: expected test_labels among the labels {classes}, got "
-                                f"{sorted(set(arrays['test_labels'].tolist()))}")
+            raise OnnxtwinError(f"{path}: expected test_labels among the labels "
+                                f"{shown(classes)}, got {shown(sorted(set(raw_test.tolist())))}")
         return Dataset(str(path), classes, x, y, x_test, y_test)
     from sklearn.model_selection import train_test_split
 
@@ -197,11 +235,28 @@ def _images_npz(path: Path, seed: int) -> Dataset:
     return Dataset(str(path), classes, x_train, y_train, x_test, y_test)
 
 
+def _labelled(path: Path, arrays: dict[str, np.ndarray], images: str,
+              labels: str) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 images, raw labels): one label per image, each an int, a string or a
+    finite float (a NaN label is missing data, not a class)."""
+    x, y = _images(arrays[images], f"{path}: {images}"), arrays[labels]
+    if y.ndim != 1 or y.dtype.kind not in "biufUS" or len(y) != len(x):
+        raise OnnxtwinError(f"{path}: expected {labels} with one int, string or float per "
+                            f"image ({len(x)}), got {y.dtype} of shape {list(y.shape)}")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise OnnxtwinError(f"{path}: expected finite {labels}, got "
+                            f"{int((~np.isfinite(y)).sum())} NaN or infinite")
+    return x, y
+
+
 def _enough_per_class(path: Path, labels: list) -> None:
+    """2 to MAX_WIDTH classes (the widest output a spec may have), 5 samples each."""
     values, counts = np.unique(np.asarray([str(v) for v in labels]), return_counts=True)
+    if len(values) > MAX_WIDTH:
+        raise OnnxtwinError(f"{path}: expected at most {MAX_WIDTH} classes, got {len(values)}")
     if len(values) < 2 or counts.min() < 5:
         raise OnnxtwinError(f"{path}: expected at least 2 classes with 5 samples each, got "
-                            f"{dict(zip(values.tolist(), counts.tolist(), strict=True))}")
+                            f"{shown(dict(zip(values.tolist(), counts.tolist(), strict=True)))}")
 
 
 def _images(a: np.ndarray, source: object = "images") -> np.ndarray:
@@ -209,14 +264,15 @@ def _images(a: np.ndarray, source: object = "images") -> np.ndarray:
     a = np.asarray(a)
     if a.ndim == 3:
         a = a[:, None]
-    if a.ndim != 4 or a.shape[0] == 0:
-        raise OnnxtwinError(f"{source}: expected images [N, H, W] or [N, C, H, W], got shape "
-                            f"{list(a.shape)}")
+    if a.ndim != 4 or 0 in a.shape:
+        raise OnnxtwinError(f"{source}: expected images [N, H, W] or [N, C, H, W], none of "
+                            f"them empty, got shape {list(a.shape)}")
     if a.dtype == np.uint8:
         return a.astype(np.float32) / np.float32(255)
     if a.dtype.kind != "f" or not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+        span = f" in [{a.min()}, {a.max()}]" if a.dtype.kind in "iuf" else ""
         raise OnnxtwinError(f"{source}: expected uint8 images or finite floats in [0, 1], got "
-                            f"{a.dtype} in [{a.min()}, {a.max()}]")
+                            f"{a.dtype}{span}")
     return a.astype(np.float32)
 
 

@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 
 from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.files import shown
 
 Grid = Mapping[str, tuple[int, ...]]
 """Dim name -> the values it takes."""
@@ -48,6 +49,16 @@ BENCH_SEED = 0
 """The benchmarks' inputs."""
 SLOW_SEEDS = (11, 12)
 """The slow tier's other weight and input seeds."""
+MAX_SEED = 2**32 - 1
+"""The largest seed every generator takes (numpy's legacy one, scikit-learn's, Keras')."""
+
+
+def check_seed(seed: object) -> int:
+    """`seed` if every generator takes it, else one line: torch overflows above 2**64 and
+    numpy refuses negative seeds, each with a traceback of its own."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise OnnxtwinError(f"seed: expected an int in [0, {MAX_SEED}], got {shown(seed)}")
+    return seed
 
 
 def combinations(grid: Grid, dims: Iterable[str]) -> list[Dims]:

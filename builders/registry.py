@@ -21,6 +21,7 @@ from pathlib import Path
 
 from onnxtwin.builders.signature import ModelSpec
 from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.files import safe_name, shown
 
 _families: dict[str, type[ModelSpec]] = {}
 _builtin: dict[str, ModelSpec] = {}
@@ -80,24 +81,26 @@ def get_spec(name: str) -> ModelSpec:
         raise OnnxtwinError(f"unknown model {name!r}: expected one of {names()}") from None
 
 
-def make_spec(family_name: str, name: str, **params: object) -> ModelSpec:
+def make_spec(family_name: str, name: str, /, **params: object) -> ModelSpec:
     """Build a spec of a family from plain values (lists become tuples)."""
+    safe_name(name, "model name")
     known_families = families()
-    if family_name not in known_families:
-        raise OnnxtwinError(f"model {name!r}: unknown family {family_name!r}, "
+    if not isinstance(family_name, str) or family_name not in known_families:
+        raise OnnxtwinError(f"model {name!r}: unknown family {shown(family_name)}, "
                             f"expected one of {sorted(known_families)}")
     cls = known_families[family_name]
     known = [f.name for f in dataclasses.fields(cls) if f.name != "name"]
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise OnnxtwinError(f"model {name!r}: unknown field(s) {unknown} for family "
+        raise OnnxtwinError(f"model {name!r}: unknown field(s) {shown(unknown)} for family "
                             f"{family_name!r}, expected some of {known}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
     return cls(name=name, **values)
 
 
 def register(spec: ModelSpec) -> ModelSpec:
-    """Add a user variant; a built-in name cannot be taken."""
+    """Add a user variant; a built-in name cannot be taken (the spec's name is safe: specs
+    check it when made)."""
     _load_families()
     if spec.name in _builtin:
         raise OnnxtwinError(f"model {spec.name!r}: expected a name that is not built in "
@@ -109,22 +112,35 @@ def register(spec: ModelSpec) -> ModelSpec:
 def load_toml(path: str | Path) -> list[ModelSpec]:
     """Register every `[models.NAME]` table of a TOML file; return the new specs."""
     path = Path(path)
+    return [register(s) for s in toml_specs(read_toml(path), path)]
+
+
+def read_toml(path: str | Path) -> dict:
+    """A spec file's TOML document, or one line saying why it cannot be read."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise OnnxtwinError(f"spec file: expected a readable TOML file, got {path} "
                             f"({e.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise OnnxtwinError(f"spec file {path}: expected valid TOML, got {e}") from None
-    models = data.get("models")
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise OnnxtwinError(f"spec file {path}: expected valid TOML, got arrays or tables "
+                            "nested too deep to parse") from None
+
+
+def toml_specs(document: dict, path: str | Path) -> list[ModelSpec]:
+    """The specs of a spec file's `[models.NAME]` tables (at least one), not registered."""
+    models = document.get("models")
     if not isinstance(models, dict) or not models:
         raise OnnxtwinError(f"spec file {path}: expected [models.NAME] tables, "
-                            f"got top-level keys {sorted(data)}")
+                            f"got top-level keys {shown(sorted(document))}")
     specs = []
     for name, table in models.items():
+        safe_name(name, f"spec file {path}: model name")
         if not isinstance(table, dict) or "family" not in table:
             raise OnnxtwinError(f"spec file {path}: model {name!r} expected a table with "
-                                f"'family', got {table!r}")
+                                f"'family', got {shown(table)}")
         params = dict(table)
         specs.append(make_spec(params.pop("family"), name, **params))
-    return [register(s) for s in specs]
+    return specs

@@ -11,10 +11,20 @@ from typing import ClassVar
 
 from onnxtwin.builders import grids
 from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.files import safe_name, shown
 from onnxtwin.runtime.metrics import FLOAT32_ABS_TOLERANCE
 
 Dim = int | str
 """A fixed size, or the name of a dynamic dimension (`batch`, `seq`)."""
+
+MAX_WIDTH = 2**16
+"""Largest width of a layer (channels, units, classes, embedding size, image side)."""
+MAX_VOCAB = 2**24
+"""Most token ids a model may take (its embedding's rows)."""
+MAX_LAYERS = 64
+"""Most layers of one kind a spec may stack."""
+MAX_PARAMETERS = 2**28
+"""Most weights a spec may ask for: 1 GiB in float32, counted before anything is built."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,9 @@ class Signature:
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    max_dims: tuple[tuple[str, int], ...] = ()
+    """(dim, largest size) for dims the model bounds, e.g. a Transformer's seq (its
+    positions); stamped, so that a deployment refuses a longer input in one line."""
 
     @property
     def dims(self) -> tuple[str, ...]:
@@ -50,10 +63,12 @@ class Signature:
         return tuple(t.name for t in self.outputs)
 
 
-def token_classifier(vocab: int, classes: int) -> Signature:
-    """`tokens` int64 [batch, seq] (ids below `vocab`) -> `logits` float32 [batch, classes]."""
+def token_classifier(vocab: int, classes: int, max_seq: int | None = None) -> Signature:
+    """`tokens` int64 [batch, seq] (ids below `vocab`, seq up to `max_seq` if given) ->
+    `logits` float32 [batch, classes]."""
     return Signature(inputs=(TensorSpec("tokens", "int64", ("batch", "seq"), vocab=vocab),),
-                     outputs=(TensorSpec("logits", "float32", ("batch", classes)),))
+                     outputs=(TensorSpec("logits", "float32", ("batch", classes)),),
+                     max_dims=() if max_seq is None else (("seq", max_seq),))
 
 
 @dataclass(frozen=True)
@@ -62,9 +77,10 @@ class ModelSpec:
     whole contract of its family.
 
     Subclasses set `family`, add their hyper-parameters as fields, and implement `check`,
-    `signature`, `torch_model`, `keras_model` and `layer_maps`; `name` is the variant's
-    name in the registry. Policy is class attributes (as in Optimum's export configs):
-    the grids the gate and the matrix run, and the float32 tolerance.
+    `parameter_count`, `signature`, `torch_model`, `keras_model` and `layer_maps`; `name`
+    is the variant's name in the registry, and a folder and file name (so a safe one).
+    Policy is class attributes (as in Optimum's export configs): the grids the gate and
+    the matrix run, and the float32 tolerance.
     """
 
     family: ClassVar[str]
@@ -74,12 +90,22 @@ class ModelSpec:
     name: str
 
     def __post_init__(self) -> None:
+        """Name, types, bounds, then size: a spec that exists can be built in bounded memory."""
+        safe_name(self.name, f"{self.family} spec name")
         for f in dataclasses.fields(self):
             _check_type(self, f.name, getattr(self, f.name), f.default)
         self.check()
+        count = self.parameter_count()
+        require(count <= MAX_PARAMETERS, self,
+                f"at most {MAX_PARAMETERS} parameters (1 GiB of float32)", count)
 
     def check(self) -> None:
         """Raise OnnxtwinError if the hyper-parameters cannot make a model."""
+
+    def parameter_count(self) -> int:
+        """Weights and fixed tables of one twin, from the hyper-parameters alone (after
+        `check`): bounded before anything is allocated."""
+        raise NotImplementedError
 
     @property
     def signature(self) -> Signature:
@@ -98,12 +124,16 @@ class ModelSpec:
         raise NotImplementedError
 
     def gate_points(self) -> list[dict[str, int]]:
-        """The points of GATE_GRID over this signature's dims."""
-        return grids.combinations(self.GATE_GRID, self.signature.dims)
+        """The points of GATE_GRID over this signature's dims, within its max_dims."""
+        return self._within(grids.combinations(self.GATE_GRID, self.signature.dims))
 
     def matrix_points(self) -> list[dict[str, int]]:
-        """The points of MATRIX_GRID over this signature's dims."""
-        return grids.combinations(self.MATRIX_GRID, self.signature.dims)
+        """The points of MATRIX_GRID over this signature's dims, within its max_dims."""
+        return self._within(grids.combinations(self.MATRIX_GRID, self.signature.dims))
+
+    def _within(self, points: list[dict[str, int]]) -> list[dict[str, int]]:
+        largest = dict(self.signature.max_dims)
+        return [p for p in points if all(v <= largest.get(d, v) for d, v in p.items())]
 
     def init_for_training(self, model) -> None:
         """Re-initialise a new torch twin before training; torch's defaults unless overridden."""
@@ -124,7 +154,26 @@ class ModelSpec:
 def require(condition: bool, spec: ModelSpec, what: str, given: object) -> None:
     """Raise a one-line OnnxtwinError naming the spec, what was expected and what was given."""
     if not condition:
-        raise OnnxtwinError(f"{spec.family} spec {spec.name!r}: expected {what}, got {given!r}")
+        raise OnnxtwinError(f"{spec.family} spec {spec.name!r}: expected {what}, "
+                            f"got {shown(given)}")
+
+
+def require_range(spec: ModelSpec, field: str, low: int | float, high: int | float) -> None:
+    """A field (or each entry of a tuple field) lies in [low, high]; NaN never does."""
+    value = getattr(spec, field)
+    values = value if isinstance(value, tuple) else (value,)
+    require(all(low <= v <= high for v in values), spec,
+            f"{field}{' all' if isinstance(value, tuple) else ''} >= {low} and <= {high}", value)
+
+
+def require_widths(spec: ModelSpec, *fields: str) -> None:
+    """Each of `fields` is a width in [1, MAX_WIDTH]; a tuple holds at most MAX_LAYERS."""
+    for field in fields:
+        value = getattr(spec, field)
+        if isinstance(value, tuple):
+            require(len(value) <= MAX_LAYERS, spec, f"at most {MAX_LAYERS} entries in {field}",
+                    len(value))
+        require_range(spec, field, 1, MAX_WIDTH)
 
 
 def _type_name(value: object) -> str:

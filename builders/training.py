@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxtwin.builders import grids
 from onnxtwin.builders.datasets import Dataset, default_data, load_dataset
 from onnxtwin.builders.registry import get_spec
 from onnxtwin.builders.signature import ModelSpec
@@ -88,6 +89,7 @@ def prepare(spec: ModelSpec, data: str | None = None, limit: int | None = None,
             epochs: int | None = None, seed: int = 0) -> tuple[Dataset, Recipe]:
     """The dataset a spec trains on (`data`, else its default), cut to `limit` training
     samples (stratified; the test set stays whole), and its recipe with `epochs` if given."""
+    grids.check_seed(seed)
     dataset = load_dataset(data or default_data(spec), vocab=spec.signature.inputs[0].vocab,
                            seed=seed)
     if limit:
@@ -104,15 +106,21 @@ def load_trained(folder: str | Path) -> Trained:
                             f"`onnxtwin train`), got no such file")
     try:
         record = json.loads((folder / TRAINING_FILE).read_text())
-        fields = (record["data"], tuple(record["classes"]), int(record["seed"]),
+        fields = (str(record["data"]), tuple(record["classes"]), grids.check_seed(record["seed"]),
                   record["framework"], Recipe(**record["recipe"]),
                   tuple(Epoch(**e) for e in record["history"]), int(record["samples"]))
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OnnxtwinError) as e:
         raise OnnxtwinError(f"{folder / TRAINING_FILE}: expected a training record, got "
                             f"{type(e).__name__}: {e}") from None
     tokenizer = (Tokenizer.load(folder / TOKENIZER_FILE)
                  if (folder / TOKENIZER_FILE).exists() else None)
-    return Trained(load_twins(folder), *fields, tokenizer)
+    twins = load_twins(folder)
+    vocab = twins.spec.signature.inputs[0].vocab
+    if (tokenizer is None) != (vocab is None) or (tokenizer and tokenizer.size > vocab):
+        raise OnnxtwinError(f"{folder}: expected a {TOKENIZER_FILE} of at most vocab={vocab} "
+                            f"ids for a model that reads tokens and none otherwise, got "
+                            f"{tokenizer.size if tokenizer else 'none'}")
+    return Trained(twins, *fields, tokenizer)
 
 
 def spec_for(model: str | ModelSpec, data: Dataset) -> ModelSpec:
@@ -144,6 +152,7 @@ def train(model: str | ModelSpec, data: Dataset, framework: str = "torch",
     """
     if framework not in SOURCES:
         raise OnnxtwinError(f"framework: expected one of {SOURCES}, got {framework!r}")
+    grids.check_seed(seed)
     spec = spec_for(model, data)
     recipe = recipe or RECIPES[data.kind]
     fit = _fit_torch if framework == "torch" else _fit_keras

@@ -26,7 +26,7 @@ from onnxtwin.builders.weights import (
     weights_hash,
 )
 from onnxtwin.runtime.errors import OnnxtwinError
-from onnxtwin.runtime.files import atomic_path, write_json
+from onnxtwin.runtime.files import atomic_path, existing_file, write_json
 
 Source = Literal["torch", "keras"]
 SOURCES: tuple[str, ...] = get_args(Source)
@@ -94,6 +94,7 @@ def build_twins(model: str | ModelSpec, seed: int = grids.WEIGHT_SEED,
     The same spec, seed and source give bit-identical weights.
     """
     spec = model if isinstance(model, ModelSpec) else get_spec(model)
+    grids.check_seed(seed)
     if source == "torch":
         return from_weights(spec, torch_state(seeded_torch_model(spec, seed)))
     if source == "keras":
@@ -132,6 +133,7 @@ def from_keras(spec: ModelSpec, keras_model) -> Twins:
 def load_twins(folder: str | Path) -> Twins:
     """Twins from a folder written by Twins.save (spec.json + torch.safetensors)."""
     folder = Path(folder)
+    existing_file(folder / SPEC_FILE, f"the {SPEC_FILE} of twins saved by onnxtwin")  # no FIFO
     try:
         meta = json.loads((folder / SPEC_FILE).read_text())
         spec = make_spec(meta["family"], meta["name"], **meta["hyperparameters"])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from onnxtwin.builders import ModelSpec, build_twins, grids
 from onnxtwin.conformance.native import NativeParity, native_parity
-from onnxtwin.runtime.files import write_json
+from onnxtwin.runtime.files import folder_lock, inside, write_json
 
 
 def build_all(specs: Sequence[ModelSpec], seed: int = grids.WEIGHT_SEED, source: str = "torch",
@@ -21,16 +21,18 @@ def build_all(specs: Sequence[ModelSpec], seed: int = grids.WEIGHT_SEED, source:
               on_step: Callable[[str], None] = lambda _: None) -> list[NativeParity]:
     """For each spec: build its twins from `source`'s initialisation (`seed`), save them to
     OUT/NAME (spec.json and both weight files) and check native parity; then write
-    OUT/parity.json. `on_step` is told each step (for a progress display)."""
+    OUT/parity.json. OUT is held (folder_lock) against a second writer; `on_step` is told
+    each step (for a progress display)."""
     out = Path(out)
     results = []
-    for spec in specs:
-        on_step(f"building {spec.name} ({source} init) ...")
-        twins = build_twins(spec, seed=seed, source=source)
-        twins.save(out / spec.name)
-        on_step(f"checking {spec.name} ...")
-        results.append(native_parity(twins))
-    write_parity(results, out, seed, source)
+    with folder_lock(out):
+        for spec in specs:
+            on_step(f"building {spec.name} ({source} init) ...")
+            twins = build_twins(spec, seed=seed, source=source)
+            twins.save(inside(out, spec.name))
+            on_step(f"checking {spec.name} ...")
+            results.append(native_parity(twins))
+        write_parity(results, out, seed, source)
     return results
 
 

@@ -20,6 +20,7 @@ from onnxtwin.conformance.tolerances import Tolerances
 from onnxtwin.export import DEFAULT_OPSET
 from onnxtwin.runtime import OnnxtwinError, probe, usable_aliases
 from onnxtwin.runtime import providers as probe_all
+from onnxtwin.runtime.files import inside
 
 OnModel = Callable[[ModelSpec, int], Callable[[str], None]]
 """(spec, number of steps) -> a callback told each step's description (progress bars)."""
@@ -70,7 +71,7 @@ def check(specs: list[ModelSpec], out_dir: str | Path, options: CheckOptions = C
         step = on_model(spec, step_count(spec, trained is not None) + 1)  # +1: the twins
         step(f"{spec.name}: " + ("loading trained twins and their data" if trained
                                  else "building twins"))
-        twins, data = (_trained(Path(trained) / spec.name) if trained
+        twins, data = (_trained(inside(trained, spec.name)) if trained
                        else (build_twins(spec, seed=options.seed), None))
         results.append(run_matrix(twins, out_dir, ran_on, options, step, data))
     return Report(datetime.now(UTC).isoformat(timespec="seconds"), tuple(sys.argv),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onnxtwin.builders.registry import get_spec, names, read_toml, toml_specs
 from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.files import shown
 from onnxtwin.runtime.metrics import FLOAT32_ABS_TOLERANCE
 
 DEFAULTS = {"float32": FLOAT32_ABS_TOLERANCE, "float64": 1e-12}
@@ -60,19 +62,30 @@ def load_tolerances(path: str | Path | None) -> Tolerances:
         my-model = 2e-5                 # every output of my-model
         [tolerances.other]
         logits = 1e-4                   # one output
+
+    Each model must be registered or defined in the file, each output one of its model's:
+    a misspelt entry would otherwise leave its model at the default without a word.
     """
     if path is None:
         return Tolerances()
-    try:
-        table = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("tolerances", {})
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise OnnxtwinError(f"spec file {path}: expected readable TOML, got {e}") from None
+    document = read_toml(path)
+    table = document.get("tolerances", {})
     if not isinstance(table, dict):
         raise OnnxtwinError(f"spec file {path}: expected [tolerances] to be a table, got "
-                            f"{table!r}")
+                            f"{shown(table)}")
+    known = {name: get_spec(name) for name in names()}
+    if "models" in document:
+        known |= {s.name: s for s in toml_specs(document, path)}
     models: dict[str, float | dict[str, float]] = {}
     for model, value in table.items():
+        if model not in known:
+            raise OnnxtwinError(f"spec file {path}: [tolerances] expected models among "
+                                f"{list(known)}, got {shown(model)}")
         if isinstance(value, dict):
+            outputs = known[model].signature.output_names
+            if unknown := [o for o in value if o not in outputs]:
+                raise OnnxtwinError(f"spec file {path}: [tolerances.{model}] expected "
+                                    f"outputs among {list(outputs)}, got {shown(unknown[0])}")
             models[model] = {o: _positive(v, f"{path}: tolerances.{model}.{o}")
                              for o, v in value.items()}
         else:
@@ -81,6 +94,8 @@ def load_tolerances(path: str | Path | None) -> Tolerances:
 
 
 def _positive(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise OnnxtwinError(f"{what}: expected a positive number, got {value!r}")
+    """A number > 0 and finite: an infinite tolerance would pass every comparison."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or \
+            not 0 < value <= sys.float_info.max:
+        raise OnnxtwinError(f"{what}: expected a positive number, got {shown(value)}")
     return float(value)

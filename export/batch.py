@@ -12,7 +12,7 @@ from pathlib import Path
 
 from onnxtwin.builders import ModelSpec, build_twins, grids
 from onnxtwin.export.exporter import DEFAULT_OPSET, check_request, export_model, graph_differences
-from onnxtwin.runtime.files import write_json
+from onnxtwin.runtime.files import folder_lock, write_json
 
 
 def export_all(specs: Sequence[ModelSpec], frameworks: Sequence[str], out: str | Path, *,
@@ -25,30 +25,34 @@ def export_all(specs: Sequence[ModelSpec], frameworks: Sequence[str], out: str |
     The document: {"opset", "seed", "models": [{"model", "differences", "files"}]}, each
     file an ExportResult.to_dict() with, if `optimized`, an "optimized" record of the
     NAME.FRAMEWORK.opt.onnx written beside it ({"path", "gate_max_abs"}). Every request
-    is checked before any work; `on_step` is told each step (for a progress display).
+    is checked before any work; OUT is held (folder_lock) against a second writer, so two
+    exports into one folder cannot each write an export.json that lists only its own
+    models. `on_step` is told each step (for a progress display).
     """
     for framework in frameworks:
         check_request(framework, opset)
     out = Path(out)
     models = []
-    for spec in specs:
-        on_step(f"building {spec.name} ...")
-        twins = build_twins(spec, seed=seed)
-        results = []
-        for framework in frameworks:
-            on_step(f"exporting {spec.name} from {framework} ...")
-            results.append(export_model(twins, framework, out, opset=opset, use_cache=use_cache))
-        files = [r.to_dict() for r in results]
-        if optimized:
-            from onnxtwin.export.optimize import optimize_offline
+    with folder_lock(out):
+        for spec in specs:
+            on_step(f"building {spec.name} ...")
+            twins = build_twins(spec, seed=seed)
+            results = []
+            for framework in frameworks:
+                on_step(f"exporting {spec.name} from {framework} ...")
+                results.append(export_model(twins, framework, out, opset=opset,
+                                            use_cache=use_cache))
+            files = [r.to_dict() for r in results]
+            if optimized:
+                from onnxtwin.export.optimize import optimize_offline
 
-            for r, record in zip(results, files, strict=True):
-                on_step(f"optimising {r.path.name} ...")
-                path, gate = optimize_offline(r.path, twins, r.framework)
-                record["optimized"] = {"path": path.name,
-                                       "gate_max_abs": max(g.max_abs for g in gate)}
-        models.append({"model": spec.name, "differences": graph_differences(results),
-                       "files": files})
-    document = {"opset": opset, "seed": seed, "models": models}
-    write_json(out / "export.json", document)
+                for r, record in zip(results, files, strict=True):
+                    on_step(f"optimising {r.path.name} ...")
+                    path, gate = optimize_offline(r.path, twins, r.framework)
+                    record["optimized"] = {"path": path.name,
+                                           "gate_max_abs": max(g.max_abs for g in gate)}
+            models.append({"model": spec.name, "differences": graph_differences(results),
+                           "files": files})
+        document = {"opset": opset, "seed": seed, "models": models}
+        write_json(out / "export.json", document)
     return document

@@ -17,7 +17,7 @@ from onnxtwin.export.graphs import node_ops
 from onnxtwin.export.metadata import export_props, stamp
 from onnxtwin.export.signature import apply_signature
 from onnxtwin.runtime.errors import OnnxtwinError
-from onnxtwin.runtime.files import atomic_path
+from onnxtwin.runtime.files import atomic_path, inside
 from onnxtwin.runtime.metrics import FLOAT32_ABS_TOLERANCE
 from onnxtwin.runtime.paths import ModelPath
 
@@ -80,7 +80,7 @@ def export_model(twins: Twins, framework: str, out_dir: str | Path, opset: int =
     """Write OUT/NAME.FRAMEWORK.onnx: exported, signed, stamped, gated, then renamed into place."""
     check_request(framework, opset)
     spec, start = twins.spec, time.perf_counter()
-    path = Path(out_dir) / f"{spec.name}.{framework}.onnx"
+    path = inside(out_dir, f"{spec.name}.{framework}.onnx")
     weights = weights_hash(twins.weights)
     props = export_props(spec, framework, weights, opset)
     # The file holds the exported twin's own weights: for Keras, what the layer maps made of

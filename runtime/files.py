@@ -187,3 +187,14 @@ def safe_name(name: object, what: str) -> str:
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise OnnxtwinError(f"{what}: expected {NAME_RULE}, got {shown(name)}")
     return name
+
+
+def inside(folder: str | Path, name: str) -> Path:
+    """FOLDER/NAME, refused in one line unless it resolves to an entry directly in FOLDER
+    (symbolic links followed): an output never lands outside its output folder."""
+    folder = Path(folder)
+    target = folder / name
+    if "\0" in name or target.resolve().parent != folder.resolve():
+        raise OnnxtwinError(f"output name: expected an entry of the output folder {folder}, "
+                            f"got {shown(name)}, which leads elsewhere")
+    return target

@@ -3,13 +3,15 @@
 Words are scikit-learn's default tokens (runs of 2+ word characters), lower-cased, stop
 words dropped. Id 0 is padding, id 1 an unknown word, ids 2.. the vocabulary in order of
 training-split frequency. A text keeps its first `max_len` words and is padded on the left
-(the recurrent twins read the final state, so the text must come last).
+(the recurrent twins read the final state, so the text must come last). A text without a
+word is refused: its row would be all padding, which the Transformer masks entirely (NaN).
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import numbers
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -18,11 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from onnxtwin.runtime.errors import OnnxtwinError
-from onnxtwin.runtime.files import atomic_path, existing_file
+from onnxtwin.runtime.files import atomic_path, existing_file, shown
 
 PAD, UNKNOWN = 0, 1
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # scikit-learn's CountVectorizer default
+WORD = "a word: 2+ letters or digits, not a stop word"
 FORMAT = "onnxtwin-tokenizer/1"
+MAX_LEN = 2**16
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,18 @@ class Tokenizer:
     pattern: str = TOKEN_PATTERN
 
     def __post_init__(self) -> None:
+        """Check the fields (a tokenizer file is user input), then index the vocabulary."""
+        _check_length(self.max_len)
+        words = (*self.vocabulary, *self.stop_words, self.pattern)
+        if not all(isinstance(w, str) for w in words):
+            raise OnnxtwinError("tokenizer: expected the vocabulary, stop words and pattern "
+                                "to be strings, got another type among them")
+        try:
+            object.__setattr__(self, "_regex", re.compile(self.pattern))
+        except re.error as e:
+            raise OnnxtwinError(f"tokenizer: expected a valid regular expression as pattern, "
+                                f"got {shown(self.pattern)} ({e})") from None
         object.__setattr__(self, "_ids", {w: i + 2 for i, w in enumerate(self.vocabulary)})
-        object.__setattr__(self, "_regex", re.compile(self.pattern))
 
     @property
     def size(self) -> int:
@@ -47,13 +61,19 @@ class Tokenizer:
         return [w for w in self._regex.findall(text.lower()) if w not in self.stop_words]
 
     def encode(self, texts: Sequence[str], max_len: int | None = None) -> np.ndarray:
-        """int64 [len(texts), max_len]: each text's first max_len ids, padded on the left."""
-        length = max_len or self.max_len
+        """int64 [len(texts), max_len]: each text's first max_len ids, padded on the left.
+        Every text must hold a word (see the module's docstring)."""
+        if isinstance(texts, str):
+            raise OnnxtwinError(f"tokenizer: expected a list of texts, got one string "
+                                f"{shown(texts)}")
+        length = _check_length(max_len or self.max_len)
         out = np.full((len(texts), length), PAD, dtype=np.int64)
         for row, text in enumerate(texts):
-            ids = [self._ids.get(w, UNKNOWN) for w in self.words(text)[:length]]
-            if ids:
-                out[row, length - len(ids):] = ids
+            if not isinstance(text, str) or not (words := self.words(text)):
+                raise OnnxtwinError(f"tokenizer: expected every text to hold {WORD}, got "
+                                    f"texts[{row}] = {shown(text)}")
+            ids = [self._ids.get(w, UNKNOWN) for w in words[:length]]
+            out[row, length - len(ids):] = ids
         return out
 
     @classmethod
@@ -81,8 +101,21 @@ class Tokenizer:
             document = json.loads(path.read_text(encoding="utf-8"))
             if document.pop("format") != FORMAT:
                 raise ValueError("another format")
-            return cls(tuple(document["vocabulary"]), int(document["max_len"]),
-                       frozenset(document["stop_words"]), document["pattern"])
+            fields = (tuple(document["vocabulary"]), document["max_len"],
+                      frozenset(document["stop_words"]), document["pattern"])
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise OnnxtwinError(f"tokenizer file {path}: expected an {FORMAT} JSON document, "
                                 f"got {type(e).__name__}: {e}") from None
+        try:
+            return cls(*fields)
+        except OnnxtwinError as e:
+            raise OnnxtwinError(f"tokenizer file {path}: {e}") from None
+
+
+def _check_length(length: object) -> int:
+    """A row length (max_len): an int in [1, MAX_LEN], so a row's size is bounded."""
+    if not isinstance(length, numbers.Integral) or isinstance(length, bool) or \
+            not 1 <= length <= MAX_LEN:
+        raise OnnxtwinError(f"tokenizer: expected max_len to be an int in [1, {MAX_LEN}], got "
+                            f"{shown(length)}")
+    return int(length)

@@ -177,7 +177,7 @@ def test_export_writes_files_and_summary(tmp_path):
     result = onnxtwin("export", "--model", "cnn", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == \
-        ["cnn.keras.onnx", "cnn.torch.onnx", "export.json"]
+        [".onnxtwin.lock", "cnn.keras.onnx", "cnn.torch.onnx", "export.json"]
     summary = json.loads((tmp_path / "export.json").read_text())["models"][0]
     assert [f["framework"] for f in summary["files"]] == ["torch", "keras"]
     assert all(max(c["max_abs"] for c in f["gate"]) <= 1e-5 for f in summary["files"])

@@ -40,7 +40,8 @@ def test_builtin_variants_and_signatures():
     (lambda: make_spec("cnn", "x", image_size=8),
      r"^cnn spec 'x': expected an image_size the 3 convs of kernel 3 and the pools leave "
      r"at least 1 pixel of, got 8$"),
-    (lambda: make_spec("cnn", "x", classes=0), r"^cnn spec 'x': expected classes >= 1, got 0$"),
+    (lambda: make_spec("cnn", "x", classes=0),
+     r"^cnn spec 'x': expected classes >= 1 and <= 65536, got 0$"),
     (lambda: register(make_spec("rnn", "gru")), r"^model 'gru': expected a name that is not"),
 ])
 def test_bad_specs_get_one_line_errors(call, message, clean_registry):

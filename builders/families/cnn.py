@@ -15,7 +15,13 @@ from torch import nn
 
 from onnxtwin.builders import layers
 from onnxtwin.builders.registry import builtin, family
-from onnxtwin.builders.signature import ModelSpec, Signature, TensorSpec, require
+from onnxtwin.builders.signature import (
+    ModelSpec,
+    Signature,
+    TensorSpec,
+    require,
+    require_widths,
+)
 
 
 @family
@@ -32,25 +38,47 @@ class CnnSpec(ModelSpec):
     dense: int = 64
     classes: int = 10
 
+    MAX_ACTIVATIONS: ClassVar[int] = 2**25
+    """Most values one image's input or conv output may hold (128 MiB of float32): the
+    gate runs 7 images at once, and image_size is not bounded by the parameters alone."""
+
     def check(self) -> None:
-        for field in ("in_channels", "image_size", "kernel_size", "dense", "classes"):
-            require(getattr(self, field) >= 1, self, f"{field} >= 1", getattr(self, field))
-        require(min(self.channels) >= 1, self, "channels all >= 1", self.channels)
+        require_widths(self, "in_channels", "image_size", "channels", "kernel_size", "dense",
+                       "classes")
         require(self.feature_size >= 1, self,
                 f"an image_size the {len(self.channels)} convs of kernel {self.kernel_size} "
                 "and the pools leave at least 1 pixel of", self.image_size)
+        outputs = [(self.in_channels, self.image_size),
+                   *zip(self.channels, self._sides(), strict=True)]
+        largest = max(c * side ** 2 for c, side in outputs)
+        require(largest <= self.MAX_ACTIVATIONS, self,
+                f"at most {self.MAX_ACTIVATIONS} values per image in the input and in each "
+                f"conv output (image_size {self.image_size}, channels {list(self.channels)})",
+                largest)
+
+    def parameter_count(self) -> int:
+        sizes = (self.in_channels, *self.channels)
+        convs = sum(i * o * self.kernel_size ** 2 + o for i, o in itertools.pairwise(sizes))
+        fc1 = self.channels[-1] * self.feature_size ** 2 * self.dense + self.dense
+        return convs + fc1 + self.dense * self.classes + self.classes
+
+    def _sides(self) -> list[int]:
+        """Side of each conv's output, up to the first that is empty (< 1)."""
+        sides, size = [], self.image_size
+        for i in range(len(self.channels)):
+            size -= self.kernel_size - 1
+            sides.append(size)
+            if size < 1:
+                break
+            if i < len(self.channels) - 1:
+                size //= 2
+        return sides
 
     @property
     def feature_size(self) -> int:
-        """Side of the last conv's feature map (<= 0 when the image is too small)."""
-        size = self.image_size
-        for i in range(len(self.channels)):
-            size -= self.kernel_size - 1
-            if size < 1:
-                return 0
-            if i < len(self.channels) - 1:
-                size //= 2
-        return size
+        """Side of the last conv's feature map (0 when the image is too small)."""
+        sides = self._sides()
+        return sides[-1] if len(sides) == len(self.channels) and sides[-1] >= 1 else 0
 
     @property
     def signature(self) -> Signature:

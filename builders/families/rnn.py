@@ -15,7 +15,15 @@ from torch import nn
 
 from onnxtwin.builders import layers
 from onnxtwin.builders.registry import builtin, family
-from onnxtwin.builders.signature import ModelSpec, Signature, require, token_classifier
+from onnxtwin.builders.signature import (
+    MAX_VOCAB,
+    ModelSpec,
+    Signature,
+    require,
+    require_range,
+    require_widths,
+    token_classifier,
+)
 
 CELLS = ("lstm", "gru")
 
@@ -36,10 +44,16 @@ class RnnSpec(ModelSpec):
 
     def check(self) -> None:
         require(self.cell in CELLS, self, f"cell in {CELLS}", self.cell)
-        require(self.vocab >= 2, self, "vocab >= 2 (id 0 is padding)", self.vocab)
-        for field in ("embed_dim", "classes"):
-            require(getattr(self, field) >= 1, self, f"{field} >= 1", getattr(self, field))
-        require(min(self.hidden) >= 1, self, "hidden sizes all >= 1", self.hidden)
+        require_range(self, "vocab", 2, MAX_VOCAB)
+        require_widths(self, "embed_dim", "hidden", "classes")
+
+    def parameter_count(self) -> int:
+        gates = 4 if self.cell == "lstm" else 3
+        inputs = (self.embed_dim, *(h * self.directions for h in self.hidden))
+        rnns = sum(gates * h * (i + h + 2) for i, h in zip(inputs, self.hidden, strict=False))
+        last = self.hidden[-1] * self.directions
+        return (self.vocab * self.embed_dim + rnns * self.directions
+                + last * self.classes + self.classes)
 
     @property
     def directions(self) -> int:

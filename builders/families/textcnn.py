@@ -18,7 +18,15 @@ from torch import nn
 
 from onnxtwin.builders import layers
 from onnxtwin.builders.registry import builtin, family
-from onnxtwin.builders.signature import ModelSpec, Signature, require, token_classifier
+from onnxtwin.builders.signature import (
+    MAX_VOCAB,
+    ModelSpec,
+    Signature,
+    require,
+    require_range,
+    require_widths,
+    token_classifier,
+)
 
 
 @family
@@ -37,13 +45,17 @@ class TextCnnSpec(ModelSpec):
     classes: int = 10
 
     def check(self) -> None:
-        require(self.vocab >= 2, self, "vocab >= 2 (id 0 is padding)", self.vocab)
-        for field in ("embed_dim", "channels", "classes"):
-            require(getattr(self, field) >= 1, self, f"{field} >= 1", getattr(self, field))
+        require_range(self, "vocab", 2, MAX_VOCAB)
+        require_widths(self, "embed_dim", "channels", "classes")
         # torch pads an even kernel's "same" by copying the input (and warns); odd is symmetric
-        require(self.kernel_size >= 1 and self.kernel_size % 2 == 1, self,
-                "an odd kernel_size >= 1", self.kernel_size)
+        require(self.kernel_size % 2 == 1, self, "an odd kernel_size >= 1", self.kernel_size)
+        require_widths(self, "kernel_size")
         require(0.0 <= self.dropout < 1.0, self, "0 <= dropout < 1", self.dropout)
+
+    def parameter_count(self) -> int:
+        embed, channels = self.vocab * self.embed_dim, self.channels
+        conv = self.embed_dim * channels * self.kernel_size + channels
+        return embed + conv + channels * self.classes + self.classes
 
     @property
     def signature(self) -> Signature:

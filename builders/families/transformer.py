@@ -16,7 +16,16 @@ from torch import nn
 
 from onnxtwin.builders import layers
 from onnxtwin.builders.registry import builtin, family
-from onnxtwin.builders.signature import ModelSpec, Signature, require, token_classifier
+from onnxtwin.builders.signature import (
+    MAX_LAYERS,
+    MAX_VOCAB,
+    ModelSpec,
+    Signature,
+    require,
+    require_range,
+    require_widths,
+    token_classifier,
+)
 
 ACTIVATIONS = ("relu", "gelu")
 
@@ -39,20 +48,27 @@ class TransformerSpec(ModelSpec):
     classes: int = 10
 
     def check(self) -> None:
-        for field in ("heads", "layers", "ff", "max_len", "classes"):
-            require(getattr(self, field) >= 1, self, f"{field} >= 1", getattr(self, field))
-        require(self.vocab >= 2, self, "vocab >= 2 (id 0 is padding)", self.vocab)
-        require(self.d_model >= 2 and self.d_model % 2 == 0, self,
-                "an even d_model >= 2 (sinusoidal positions)", self.d_model)
+        require_widths(self, "heads", "ff", "max_len", "classes", "d_model")
+        require_range(self, "layers", 1, MAX_LAYERS)
+        require_range(self, "vocab", 2, MAX_VOCAB)
+        require(self.d_model % 2 == 0, self, "an even d_model (sinusoidal positions)",
+                self.d_model)
         require(self.d_model % self.heads == 0, self,
                 f"d_model divisible by heads={self.heads}", self.d_model)
         require(self.activation in ACTIVATIONS, self, f"activation in {ACTIVATIONS}",
                 self.activation)
-        require(self.norm_eps > 0, self, "norm_eps > 0", self.norm_eps)
+        require(0 < self.norm_eps < 1, self, "0 < norm_eps < 1", self.norm_eps)
+
+    def parameter_count(self) -> int:
+        """Counts the positions table (max_len x d_model) too: it is built with the model."""
+        d, ff = self.d_model, self.ff
+        layer = 4 * d * d + 2 * d * ff + 9 * d + ff  # attention, two norms, two linears
+        return ((self.vocab + self.max_len) * d + self.layers * layer
+                + d * self.classes + self.classes)
 
     @property
     def signature(self) -> Signature:
-        return token_classifier(self.vocab, self.classes)
+        return token_classifier(self.vocab, self.classes, max_seq=self.max_len)
 
     def positions(self):
         return layers.sinusoidal_table(self.max_len, self.d_model)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from onnxtwin.conformance.cli.core import (
+    MAX_SEED,
     Source,
     SpecOption,
     app,
@@ -18,7 +19,7 @@ from onnxtwin.conformance.cli.core import (
     result_table,
     selected_specs,
 )
-from onnxtwin.runtime.files import folder_lock
+from onnxtwin.runtime.files import folder_lock, inside
 
 
 def _progress(shown):
@@ -90,7 +91,8 @@ def check(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("onnxtwin-report"),
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print report.json to stdout (progress goes to stderr).")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the weights and of the inputs.")] = 0,
+    seed: Annotated[int, typer.Option(
+        min=0, max=MAX_SEED, help="Seed of the weights and of the inputs.")] = 0,
     tolerance: Annotated[float | None, typer.Option(
         help="Default float32 tolerance (max abs). Per-model values: \\[tolerances] in --spec.")
     ] = None,
@@ -143,7 +145,8 @@ def train(
     provider: Annotated[str | None, typer.Option(
         help="Comma-separated providers for the check, e.g. cpu. Default: every usable one.")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the initialisation, order and split.")] = 0,
+    seed: Annotated[int, typer.Option(
+        min=0, max=MAX_SEED, help="Seed of the initialisation, order and split.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("onnxtwin-trained"),
 ) -> None:
     """Train twins on real data, then check every path on trained weights and the test set.
@@ -193,4 +196,4 @@ def _train_each(selected, data, limit, epochs, framework, seed, out) -> None:
                 progress.update(task, description=f"{s.name} epoch {e.epoch + 1}", completed=0)
 
             trained = train_twins(s, dataset, framework, recipe, seed, on_batch, on_epoch)
-        trained.save(out / s.name)
+        trained.save(inside(out, s.name))

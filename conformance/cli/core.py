@@ -34,6 +34,7 @@ console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ e
                   emoji=False)
 errors = Console(stderr=True, emoji=False)
 
+MAX_SEED = 2**32 - 1  # numpy's and Keras's generators take no larger seed (builders.grids)
 SpecOption = Annotated[Path | None, typer.Option(
     "--spec", help="TOML file of extra model variants (\\[models.NAME] tables).")]
 

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from onnxtwin.conformance.cli.core import (
+    MAX_SEED,
     Source,
     SpecOption,
     app,
@@ -50,7 +51,8 @@ def build(
         "--model", "-m", help="Variant to build (repeatable). Default: every built-in model.")
     ] = None,
     spec: SpecOption = None,
-    seed: Annotated[int, typer.Option(help="Seed of the weight initialisation.")] = 0,
+    seed: Annotated[int, typer.Option(
+        min=0, max=MAX_SEED, help="Seed of the weight initialisation.")] = 0,
     source: Annotated[Source, typer.Option(
         help="Framework whose initialisation is transferred to the other.")] = Source.torch,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("onnxtwin-build"),
@@ -87,7 +89,8 @@ def export(
     opset: Annotated[int, typer.Option(
         help="ONNX opset: 17-20 for torch, 17-18 for keras (tf2onnx 1.17).")] = 18,
     spec: SpecOption = None,
-    seed: Annotated[int, typer.Option(help="Seed of the weight initialisation.")] = 0,
+    seed: Annotated[int, typer.Option(
+        min=0, max=MAX_SEED, help="Seed of the weight initialisation.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("onnxtwin-export"),
     cache: Annotated[bool, typer.Option(help="Reuse accepted exports ($ONNXTWIN_CACHE).")] = True,
     optimized: Annotated[bool, typer.Option(
