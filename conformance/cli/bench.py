@@ -13,7 +13,9 @@ from onnxtwin.conformance.cli.core import (
     console,
     quiet_tensorflow,
     result_table,
+    say,
     selected_specs,
+    status_line,
 )
 from onnxtwin.runtime.errors import OnnxtwinError
 from onnxtwin.runtime.files import folder_lock
@@ -65,9 +67,9 @@ def bench(
     options = BenchOptions(tuple(batch or BATCHES), seq, tuple(provider or ("cpu",)), rounds,
                            calls, compile_torch, startup)
     with folder_lock(out), console.status("benchmarking") as status:
-        document = run_bench(selected, out, options, on_step=status.update)
+        document = run_bench(selected, out, options, on_step=status_line(status))
         write_bench_reports(document, out)
     console.print(result_table("onnxtwin bench: targets", TARGET_COLUMNS,
                                target_rows(document)))
     console.print(headline(document), highlight=False)
-    console.print(f"wrote {out}/ (bench.json, bench.md, bench.html)", highlight=False)
+    say(console, f"wrote {out}/ (bench.json, bench.md, bench.html)")

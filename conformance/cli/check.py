@@ -17,6 +17,7 @@ from onnxtwin.conformance.cli.core import (
     errors,
     quiet_tensorflow,
     result_table,
+    say,
     selected_specs,
 )
 from onnxtwin.runtime.files import folder_lock, inside
@@ -63,9 +64,9 @@ def run_and_report(selected: list, out: Path, options, json_out: bool = False) -
             console.print(result_table(f"accuracy on the test set, trained weights from "
                                        f"{options.trained}", ACCURACY_COLUMNS, rows))
         for line in failures(document):
-            console.print(line, markup=False, highlight=False)
-        console.print(f"wrote {out}/ (report.json, report.md, report.html, "
-                      f"{sum(len(m.exports) for m in report.models)} .onnx files)")
+            say(console, line)
+        say(console, f"wrote {out}/ (report.json, report.md, report.html, "
+                     f"{sum(len(m.exports) for m in report.models)} .onnx files)")
     if not report.passed:
         raise typer.Exit(1)
 
@@ -166,7 +167,7 @@ def train(
     quiet_tensorflow()
     with folder_lock(out):
         _train_each(selected, data, limit, epochs, framework.value, seed, out)
-        console.print(f"wrote {len(selected)} trained model(s) to {out}/; checking them")
+        say(console, f"wrote {len(selected)} trained model(s) to {out}/; checking them")
         run_and_report(selected, out, options)
 
 
@@ -179,9 +180,9 @@ def _train_each(selected, data, limit, epochs, framework, seed, out) -> None:
 
     for s in selected:
         dataset, recipe = prepare(s, data, limit, epochs, seed)
-        console.print(f"[bold]{s.name}[/]: training the {framework} twin on {dataset.name} "
-                      f"({len(dataset.y_train)} train / {len(dataset.y_test)} test samples, "
-                      f"{len(dataset.classes)} classes), {recipe.epochs} epochs")
+        say(console, f"{s.name}: training the {framework} twin on {dataset.name} "
+                     f"({len(dataset.y_train)} train / {len(dataset.y_test)} test samples, "
+                     f"{len(dataset.classes)} classes), {recipe.epochs} epochs")
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=True) as progress:
             task = progress.add_task(f"{s.name} epoch 1", total=None)

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
@@ -63,6 +63,11 @@ def verbatim(text: str) -> str:
 def say(out: Console, text: str) -> None:
     """Print a line that holds user-given text exactly: no markup, emoji or highlighting."""
     out.print(verbatim(text), markup=False, emoji=False, highlight=False, soft_wrap=True)
+
+
+def status_line(status) -> Callable[[str], None]:
+    """An `on_step` callback that shows each step on a rich status line, verbatim."""
+    return lambda text: status.update(Text(verbatim(text)))
 
 
 def bounded(name: str, value: float, low: float, high: float) -> float:

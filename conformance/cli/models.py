@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from onnxtwin.conformance.cli.core import (
     MAX_SEED,
@@ -17,7 +18,9 @@ from onnxtwin.conformance.cli.core import (
     console,
     quiet_tensorflow,
     result_table,
+    say,
     selected_specs,
+    status_line,
 )
 
 PANEL = "Models"
@@ -41,7 +44,7 @@ def models(spec: SpecOption = None) -> None:
         params = ", ".join(f"{k}={v}" for k, v in s.hyperparameters().items())
         sig = ", ".join(f"{t.name}:{t.dtype}{list(t.shape)}"
                         for t in (*s.signature.inputs, *s.signature.outputs))
-        table.add_row(name, s.family, params, sig)
+        table.add_row(*map(Text, (name, s.family, params, sig)))
     console.print(table)
 
 
@@ -69,13 +72,13 @@ def build(
     from onnxtwin.conformance.native import PAIRS
 
     with console.status("") as status:
-        results = build_all(selected, seed, source.value, out, on_step=status.update)
+        results = build_all(selected, seed, source.value, out, on_step=status_line(status))
     rows = [[r.model, source.value, *(f"{r.worst(p):.2e}" for p in PAIRS),
              "pass" if r.passed else "FAIL"] for r in results]
     console.print(result_table(
         f"native parity: max abs error over all shapes (tolerance 1e-5), seed {seed}",
         ["model", "source", *(p.replace("_", " ") for p in PAIRS), "verdict"], rows))
-    console.print(f"wrote {out}/ ({len(results)} models, parity.json)")
+    say(console, f"wrote {out}/ ({len(results)} models, parity.json)")
     if not all(r.passed for r in results):
         raise typer.Exit(1)
 
@@ -115,7 +118,7 @@ def export(
 
     with console.status("") as status:
         document = export_all(selected, frameworks, out, opset=opset, seed=seed,
-                              use_cache=cache, optimized=optimized, on_step=status.update)
+                              use_cache=cache, optimized=optimized, on_step=status_line(status))
     rows = []
     for m in document["models"]:
         for f in m["files"]:
@@ -130,6 +133,7 @@ def export(
         ["model", "framework", "gate max abs", "nodes", "cache", "seconds"], rows))
     for m in document["models"]:
         if m["differences"]:
-            console.print(f"{m['model']}: the graphs differ in kind: {'; '.join(m['differences'])}")
+            say(console, f"{m['model']}: the graphs differ in kind: "
+                         f"{'; '.join(m['differences'])}")
     count = sum(len(m["files"]) for m in document["models"]) * (2 if optimized else 1)
-    console.print(f"wrote {out}/ ({count} files, export.json)")
+    say(console, f"wrote {out}/ ({count} files, export.json)")
