@@ -51,9 +51,8 @@ def run(
     """
     from onnxtwin.runtime.arrays import load_arrays, save_arrays
 
-    limit = int(bounded("max_run_mb", max_run_mb, 1, 2**20) * 2**20)
-    opened = session(model, provider, strict, check_finite=check_finite, memory_limit=limit,
-                     arena=False)
+    opened = session(model, provider, strict, check_finite=check_finite,
+                     memory_limit=mebibytes("max_run_mb", max_run_mb), arena=False)
     arrays = load_arrays(input, [i.name for i in opened.inputs])
     outputs = opened.run(arrays)
     save_arrays(output, outputs)
@@ -78,6 +77,19 @@ def serve(
         help="Requests waiting per model; more get HTTP 503.")] = 256,
     max_request_mb: Annotated[float, typer.Option(
         help="Largest request body; larger gets HTTP 413.")] = 64.0,
+    max_run_mb: Annotated[float, typer.Option(
+        help="Most memory one run (a request or a batch) may need, estimated from the "
+             "model's shapes before it runs; more gets HTTP 413.")] = MAX_RUN_MB,
+    max_inflight_mb: Annotated[float | None, typer.Option(
+        help="Request bodies held at once over all connections; more gets HTTP 503. "
+             "Default: 4 x --max-request-mb.")] = None,
+    header_timeout: Annotated[float, typer.Option(
+        help="Seconds for a request's headers to arrive; the connection closes after.")
+    ] = 10.0,
+    body_timeout: Annotated[float, typer.Option(
+        help="Seconds for a request's body to arrive; HTTP 408 after.")] = 60.0,
+    idle_timeout: Annotated[float, typer.Option(
+        help="Seconds an idle keep-alive connection stays open.")] = 5.0,
     strict: Annotated[bool, typer.Option(
         help="Fail if the provider cannot run here, instead of falling back to CPU.")] = False,
 ) -> None:
@@ -90,22 +102,25 @@ def serve(
     from onnxtwin.runtime.serve.server import ServeOptions, model_names
     from onnxtwin.runtime.serve.server import serve as run_server
 
-    options = ServeOptions(**serve_bounds(max_batch, max_delay_ms, max_queue, max_request_mb))
-    sessions = {name: session(path, provider, strict)
+    options = ServeOptions(
+        max_batch=int(bounded("max_batch", max_batch, 0, 65536)),
+        max_delay_ms=bounded("max_delay_ms", max_delay_ms, 0, 60_000),
+        max_queue=int(bounded("max_queue", max_queue, 1, 65536)),
+        max_request_bytes=mebibytes("max_request_mb", max_request_mb, high=1024),
+        max_run_bytes=mebibytes("max_run_mb", max_run_mb),
+        max_inflight_bytes=None if max_inflight_mb is None else
+        mebibytes("max_inflight_mb", max_inflight_mb),
+        header_timeout_s=bounded("header_timeout", header_timeout, 0.001, 3600),
+        body_timeout_s=bounded("body_timeout", body_timeout, 0.001, 3600),
+        idle_timeout_s=bounded("idle_timeout", idle_timeout, 0.001, 3600))
+    sessions = {name: session(path, provider, strict, **options.session_bounds)
                 for name, path in model_names(models).items()}
     run_server(sessions, host, port, options, announce=lambda line: say(console, line))
 
 
-def serve_bounds(max_batch: int, max_delay_ms: float, max_queue: int,
-                 max_request_mb: float) -> dict[str, float]:
-    """ServeOptions' fields from the options, each refused in one line outside sane bounds
-    (NaN and infinities included), before any model loads: rows and queued requests up to
-    65536, a minute of batching delay, bodies from 1 KiB to 1 GiB."""
-    return {"max_batch": bounded("max_batch", max_batch, 0, 65536),
-            "max_delay_ms": bounded("max_delay_ms", max_delay_ms, 0, 60_000),
-            "max_queue": bounded("max_queue", max_queue, 1, 65536),
-            "max_request_bytes": int(bounded("max_request_mb", max_request_mb, 2**-10, 1024)
-                                     * 2**20)}
+def mebibytes(name: str, value: float, high: float = 2**20) -> int:
+    """An option in MiB as bytes, from 1 KiB to `high` MiB (NaN and infinities refused)."""
+    return int(bounded(name, value, 2**-10, high) * 2**20)
 
 
 class Target(StrEnum):

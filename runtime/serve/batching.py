@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.errors import OnnxtwinError, first_line
 from onnxtwin.runtime.session import Session
 
 
-class Overloaded(OnnxtwinError):
-    """The queue is full: the client should retry later (HTTP 503)."""
+class Unavailable(OnnxtwinError):
+    """The model cannot answer now: its queue is full, the server is stopping, or its run
+    failed for a reason other than the request (the library's own line). HTTP 503."""
 
 
 @dataclass(eq=False)  # identity: the queue removes requests, and arrays have no `==`
@@ -21,6 +23,7 @@ class _Request:
     arrays: dict[str, np.ndarray]
     rows: int
     key: tuple  # requests batch together only if they agree on everything but the rows
+    dims: dict[str, int]  # the run's dynamic dims, by name (batching only)
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -30,14 +33,20 @@ class Scheduler:
     With batching on (`max_batch` > 0, and every input and output has the same named
     first dim), requests that wait together, or arrive within `max_delay_s` of the first
     one, and agree on every dim but the first are concatenated into one run of at most
-    `max_batch` rows, and the outputs are split back. At most `max_queue` requests wait;
-    one more raises Overloaded instead of growing memory.
+    `max_batch` rows, and the outputs are split back. A request joins a batch only if the
+    batch's run stays within the session's `memory_limit`: 64 requests that each fit alone
+    could together need 64 times the memory. At most `max_queue` requests wait; one more
+    raises Unavailable instead of growing memory. When a batched run fails, its requests
+    run again one by one, so that one request's bad values (an index a foreign model's
+    Gather refuses) fail only that request; whatever a run raises goes to its requests,
+    and the worker goes on with the next.
     """
 
     def __init__(self, session: Session, max_batch: int, max_delay_s: float,
                  max_queue: int) -> None:
         self.session = session
-        self.max_batch = max_batch if batch_dim(session) else 0
+        self.batch = batch_dim(session)
+        self.max_batch = max_batch if self.batch else 0
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self._waiting: collections.deque[_Request] = collections.deque()
@@ -59,16 +68,22 @@ class Scheduler:
         """Validate `inputs`, queue them, and return this request's outputs."""
         arrays = self.session.validate(inputs)
         if self._closing:
-            raise Overloaded("server: expected to accept requests, got a server shutting down")
+            raise Unavailable("server: expected to accept requests, got a server shutting down")
         if len(self._waiting) >= self.max_queue:
-            raise Overloaded(f"server: expected a free place in the queue of {self.max_queue} "
-                             f"requests, got a full queue (retry later)")
-        first = next(iter(arrays.values()))
-        request = _Request(arrays, len(first), tuple(
-            (k, a.dtype.str, a.shape[1:]) for k, a in arrays.items()))
+            raise Unavailable(f"server: expected a free place in the queue of {self.max_queue} "
+                              f"requests, got a full queue (retry later)")
+        request = self._request(arrays)
         self._waiting.append(request)
         self._arrived.set()
         return await request.done
+
+    def _request(self, arrays: dict[str, np.ndarray]) -> _Request:
+        if not self.max_batch:
+            return _Request(arrays, 1, (), {})
+        # Batching: every input has the batch dim first.
+        return _Request(arrays, len(arrays[self.session.inputs[0].name]), tuple(
+            (k, a.dtype.str, a.shape[1:]) for k, a in arrays.items()),
+            self.session.run_dims(arrays))
 
     async def _work(self) -> None:
         while self._waiting or not self._closing:
@@ -76,19 +91,42 @@ class Scheduler:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            await self._run(await self._gather())
+            batch = [self._waiting.popleft()]
+            try:
+                await self._gather(batch)
+                await self._run(batch)
+            except Exception as e:
+                await self._alone(batch, e)
 
-    async def _gather(self) -> list[_Request]:
-        """The next batch: the oldest request, and the waiting ones that fit with it (the
-        others keep their places for the next batch)."""
-        batch = [self._waiting.popleft()]
+    async def _alone(self, batch: list[_Request], error: Exception) -> None:
+        """Answer the requests of a failed run: a run of one with `error`, a batch by
+        running each of its requests alone."""
+        if len(batch) == 1:
+            self._fail(batch[0], error)
+            return
+        for r in batch:
+            try:
+                await self._run([r])
+            except Exception as e:
+                self._fail(r, e)
+
+    @staticmethod
+    def _fail(request: _Request, error: Exception) -> None:
+        if not request.done.done():
+            request.done.set_exception(error if isinstance(error, OnnxtwinError)
+                                       else Unavailable(first_line(error)))
+
+    async def _gather(self, batch: list[_Request]) -> None:
+        """Add to `batch` (its oldest request) the waiting ones that fit with it (the others
+        keep their places for the next batch)."""
         rows = batch[0].rows
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_delay_s
         while self.max_batch and rows < self.max_batch:
             taken = False
             for r in list(self._waiting):
-                if r.key == batch[0].key and rows + r.rows <= self.max_batch:
+                if r.key == batch[0].key and rows + r.rows <= self.max_batch and \
+                        self._fits(batch[0], rows + r.rows):
                     self._waiting.remove(r)
                     batch.append(r)
                     rows += r.rows
@@ -103,27 +141,42 @@ class Scheduler:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
                 break
-        return batch
+
+    def _fits(self, first: _Request, rows: int) -> bool:
+        """Whether a run of `rows` rows like `first` stays within the memory limit."""
+        limit = self.session.memory_limit
+        return limit is None or self.session.needed_bytes({**first.dims, self.batch: rows}) \
+            <= limit
 
     async def _run(self, batch: list[_Request]) -> None:
         inputs = batch[0].arrays if len(batch) == 1 else {
             k: np.concatenate([r.arrays[k] for r in batch]) for k in batch[0].arrays}
-        try:
-            outputs = await asyncio.to_thread(self.session.run, inputs)
-        except Exception as e:  # every request of the batch gets the error
-            for r in batch:
-                if not r.done.done():
-                    r.done.set_exception(e)
-            return
-        start = 0
-        for r in batch:
+        outputs = await asyncio.to_thread(self.session.run, inputs)
+        for r, result in zip(batch, self._split(batch, outputs), strict=True):
             if not r.done.done():  # a client that went away cancelled its future
-                r.done.set_result({k: v[start:start + r.rows] for k, v in outputs.items()})
-            start += r.rows
+                r.done.set_result(result)
+
+    def _split(self, batch: list[_Request], outputs: dict[str, np.ndarray]) -> list[dict]:
+        """Each request's rows of a batched run's outputs."""
+        if len(batch) == 1:
+            return [outputs]
+        rows = sum(r.rows for r in batch)
+        for name, value in outputs.items():
+            if value.shape[:1] != (rows,):
+                raise OnnxtwinError(f"{self.session.path.name}: expected output {name!r} "
+                                    f"with {rows} rows, one per batched input row, got "
+                                    f"{list(value.shape)}")
+        starts = np.cumsum([0, *(r.rows for r in batch)])
+        return [{k: v[a:b] for k, v in outputs.items()} for a, b in itertools.pairwise(starts)]
 
 
 def batch_dim(session: Session) -> str | None:
-    """The named first dim every input and output shares (e.g. "batch"), else None."""
-    firsts = {t.shape[0] if t.shape else None for t in (*session.inputs, *session.outputs)}
+    """The named first dim that every input and output has, and has nowhere else (e.g.
+    "batch"), else None: only then can requests be stacked and their results split."""
+    tensors = (*session.inputs, *session.outputs)
+    firsts = {t.shape[0] if t.shape else None for t in tensors}
     (only,) = firsts if len(firsts) == 1 else (None,)
-    return only if isinstance(only, str) else None
+    if not session.inputs or not isinstance(only, str) or any(
+            only in t.shape[1:] for t in tensors):
+        return None
+    return only

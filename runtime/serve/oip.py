@@ -4,6 +4,11 @@ A request body is JSON, optionally followed by raw tensor bytes (the binary tens
 extension: the header `Inference-Header-Content-Length` says where the JSON ends). Here it
 becomes named numpy arrays, and outputs become a response body. No web framework is
 imported; `server.py` puts these on HTTP.
+
+Every field is checked for its JSON type (an integer is never a bool or a float, a flag
+is a JSON boolean) and sane size before anything is sized from it. Responses are strict
+JSON: a float output holding NaN or Infinity is refused in JSON form (the protocol's JSON
+has no such numbers) with a message that asks for it as binary data, which carries them.
 """
 
 from __future__ import annotations
@@ -19,13 +24,24 @@ import numpy as np
 from onnxtwin.runtime.errors import OnnxtwinError
 from onnxtwin.runtime.session import TensorInfo
 
-# The protocol's tensor data types -> numpy dtype names (BYTES, strings, is not supported).
+# The protocol's tensor data types -> numpy dtype names (BYTES, strings, only as outputs).
 DATATYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32",
              "UINT64": "uint64", "INT8": "int8", "INT16": "int16", "INT32": "int32",
              "INT64": "int64", "FP16": "float16", "FP32": "float32", "FP64": "float64"}
 PROTOCOL_DATATYPE = {v: k for k, v in DATATYPES.items()}
+ORT_DATATYPE = {"tensor(string)": "BYTES", "tensor(int16)": "INT16", "tensor(uint16)": "UINT16",
+                "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64"}
+"""Protocol types of onnxruntime element types that TensorInfo keeps as onnxruntime names."""
 HEADER_LENGTH = "Inference-Header-Content-Length"
 """HTTP header giving the JSON part's length when binary tensor data follows it."""
+MAX_RANK = 32  # numpy 1's limit, which clients written for Triton assume
+MAX_ELEMENTS = 2**32  # per tensor, a dim of 0 counted as 1: no body carries more
+MAX_NAME = 256  # characters in a tensor name
+MAX_TENSORS = 1024  # inputs or outputs in one request
+MAX_DIGITS = 18  # a byte count in a header: below 10**18, so int() never meets a huge string
+UNSUPPORTED = ("classification", "shared_memory_region")
+"""Parameters of protocol extensions not served here: ignoring them would answer a
+different question than the one asked."""
 
 
 @dataclass(frozen=True)
@@ -44,9 +60,14 @@ def protocol_shape(info: TensorInfo) -> list[int]:
     return [d if isinstance(d, int) else -1 for d in info.shape]
 
 
+def protocol_datatype(info: TensorInfo) -> str | None:
+    """The protocol's datatype of a graph input or output; None if it has none."""
+    return PROTOCOL_DATATYPE.get(info.dtype) or ORT_DATATYPE.get(info.dtype)
+
+
 def tensor_metadata(info: TensorInfo) -> dict[str, Any]:
     """A tensor as the protocol describes it."""
-    return {"name": info.name, "datatype": PROTOCOL_DATATYPE.get(info.dtype, info.dtype.upper()),
+    return {"name": info.name, "datatype": protocol_datatype(info) or info.dtype.upper(),
             "shape": protocol_shape(info)}
 
 
@@ -58,17 +79,22 @@ def model_metadata(name: str, version: str, inputs: tuple[TensorInfo, ...],
             "outputs": [tensor_metadata(o) for o in outputs]}
 
 
+def byte_count(header: str, value: str) -> int:
+    """A header's byte count: ASCII digits only (str.isdigit also takes '٣' and '²')."""
+    if not (value.isascii() and value.isdigit() and len(value) <= MAX_DIGITS):
+        raise OnnxtwinError(f"{header}: expected a byte count in ASCII digits, got "
+                            f"{_short(repr(value))}")
+    return int(value)
+
+
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     """Decode POST .../infer; raise OnnxtwinError (one line) on anything malformed."""
     json_end = len(body) if header_length is None else _header_length(header_length, len(body))
-    try:
-        request = json.loads(body[:json_end])
-    except (ValueError, UnicodeDecodeError) as e:
-        raise OnnxtwinError(f"infer request: expected a JSON object, got invalid JSON ({e})") \
-            from None
+    request = _json(body[:json_end])
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise OnnxtwinError("infer request: expected a JSON object with an 'inputs' list, got "
                             f"{_kind(request)}")
+    _count("inputs", request["inputs"])
     binary = memoryview(body)[json_end:]
     inputs: dict[str, np.ndarray] = {}
     for tensor in request["inputs"]:
@@ -80,44 +106,54 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     if len(binary):
         raise OnnxtwinError(f"infer request: expected binary data only for inputs that declare "
                             f"binary_data_size, got {len(binary)} bytes more")
-    params = _parameters(request, "infer request")
-    default = bool(params.get("binary_data_output", False))
+    default = _flag(_parameters(request, "infer request"), "binary_data_output", False,
+                    "infer request")
     wanted = request.get("outputs")
     if wanted is None:
         return InferRequest(_request_id(request), inputs, None, {}, default)
-    if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(
-            o.get("name"), str) for o in wanted):
+    if not isinstance(wanted, list) or not all(isinstance(o, dict) and _is_name(
+            o.get("name")) for o in wanted):
         raise OnnxtwinError("infer request: expected 'outputs' to be a list of objects with a "
                             f"'name', got {_kind(wanted)}")
-    flags = {o["name"]: bool(_parameters(o, o["name"]).get("binary_data", default))
-             for o in wanted}
+    _count("outputs", wanted)
+    flags: dict[str, bool] = {}
+    for o in wanted:
+        if o["name"] in flags:
+            raise OnnxtwinError(f"infer request: expected each output once, got {o['name']!r} "
+                                f"twice")
+        flags[o["name"]] = _flag(_parameters(o, f"output {o['name']!r}"), "binary_data",
+                                 default, f"output {o['name']!r}")
     return InferRequest(_request_id(request), inputs, tuple(flags), flags, default)
+
+
+def wanted_outputs(request: InferRequest, available: list[str]) -> tuple[str, ...]:
+    """The names of the outputs to return, each one of `available` (checked before a run)."""
+    names = request.outputs if request.outputs is not None else tuple(available)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise OnnxtwinError(f"infer request: expected outputs among {available}, got {unknown}")
+    return names
 
 
 def infer_response(model: str, version: str, request: InferRequest,
                    outputs: Mapping[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
     """Encode the requested outputs; returns the body and its HTTP headers."""
-    names = request.outputs if request.outputs is not None else tuple(outputs)
-    unknown = [n for n in names if n not in outputs]
-    if unknown:
-        raise OnnxtwinError(f"infer request: expected outputs among {list(outputs)}, got "
-                            f"{unknown}")
     described, chunks = [], []
-    for name in names:
+    for name in wanted_outputs(request, list(outputs)):
         array = outputs[name]
-        tensor = {"name": name, "datatype": PROTOCOL_DATATYPE[array.dtype.name],
-                  "shape": list(array.shape)}
+        datatype = "BYTES" if array.dtype == object else PROTOCOL_DATATYPE[array.dtype.name]
+        tensor = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if request.binary.get(name, request.binary_default):
-            chunk = np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
+            chunk = _binary(array)
             tensor["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
         else:
-            tensor["data"] = array.ravel().tolist()
+            tensor["data"] = _json_data(name, array)
         described.append(tensor)
     header = {"model_name": model, "model_version": version, "outputs": described}
     if request.id is not None:
         header["id"] = request.id
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     if not chunks:
         return head, {"content-type": "application/json"}
     return b"".join([head, *chunks]), {"content-type": "application/octet-stream",
@@ -125,34 +161,66 @@ def infer_response(model: str, version: str, request: InferRequest,
 
 
 def error_body(message: str) -> bytes:
-    """The protocol's error object."""
-    return json.dumps({"error": message}).encode()
+    """The protocol's error object: strict JSON on one line, whatever the message quotes (a
+    line break, or a lone surrogate that strict parsers refuse, becomes a space or '?')."""
+    line = " ".join(str(message).splitlines()).encode("utf-8", "replace").decode()
+    return json.dumps({"error": line}).encode()
+
+
+def _json(text: bytes) -> Any:
+    """JSON text as Python values; nesting deeper than Python's recursion allows is refused."""
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise OnnxtwinError(f"infer request: expected a JSON object, got invalid JSON "
+                            f"({_short(str(e))})") from None
+    except RecursionError:
+        raise OnnxtwinError("infer request: expected JSON nested a few levels deep, got "
+                            "nesting deeper than the parser's recursion limit") from None
+
+
+def _binary(array: np.ndarray) -> bytes:
+    """An output as the binary extension writes it: little-endian values, or for BYTES each
+    element's UTF-8 preceded by its length as a little-endian uint32."""
+    if array.dtype != object:
+        return np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
+    items = [str(v).encode() for v in array.ravel()]
+    return b"".join(len(b).to_bytes(4, "little") + b for b in items)
+
+
+def _json_data(name: str, array: np.ndarray) -> list:
+    """An output's values as a flat JSON list; NaN and Infinity have no JSON form."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise OnnxtwinError(f"output {name!r}: expected finite values to write as JSON, got "
+                            f"{bad} NaN/Inf of {array.size} (ask for it with binary_data: "
+                            f"true, which carries them)")
+    return [str(v) for v in array.ravel()] if array.dtype == object else array.ravel().tolist()
 
 
 def _input_array(tensor: Any, binary: memoryview) -> tuple[str, np.ndarray, int]:
     """One input tensor as (name, array, binary bytes consumed)."""
-    if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+    if not isinstance(tensor, dict) or not _is_name(tensor.get("name")):
         raise OnnxtwinError(f"infer request: expected each input to be an object with a "
-                            f"'name', got {_kind(tensor)}")
+                            f"'name' of 1 to {MAX_NAME} characters, got {_kind(tensor)}")
     name = tensor["name"]
-    datatype, shape = tensor.get("datatype"), tensor.get("shape")
-    if datatype not in DATATYPES:
+    datatype, shape = tensor.get("datatype"), _shape(name, tensor.get("shape"))
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise OnnxtwinError(f"input {name!r}: expected datatype one of {list(DATATYPES)}, got "
-                            f"{datatype!r}")
-    if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise OnnxtwinError(f"input {name!r}: expected 'shape' as a list of non-negative "
-                            f"integers, got {shape!r}")
+                            f"{_kind(datatype)}")
     dtype = np.dtype(DATATYPES[datatype]).newbyteorder("<")
     count = math.prod(shape)
-    size = _parameters(tensor, name).get("binary_data_size")
+    params = _parameters(tensor, f"input {name!r}")
+    size = params.get("binary_data_size")
     if size is not None:
-        if size != count * dtype.itemsize or size > len(binary):
+        if not _is_int(size) or size != count * dtype.itemsize or size > len(binary):
             raise OnnxtwinError(f"input {name!r}: expected {count * dtype.itemsize} bytes of "
                                 f"binary data for {datatype}{shape}, got binary_data_size "
-                                f"{size!r} with {len(binary)} bytes left")
-        array = np.frombuffer(binary[:size], dtype).reshape(shape).astype(dtype.newbyteorder("="))
-        return name, array, size
+                                f"{_kind(size)} with {len(binary)} bytes left")
+        raw = np.frombuffer(binary[:size], dtype)
+        if dtype.kind == "b" and (raw.view(np.uint8) > 1).any():
+            raise OnnxtwinError(f"input {name!r}: expected BOOL bytes 0 or 1, got others")
+        return name, raw.reshape(shape).astype(dtype.newbyteorder("=")), size
     array = _json_array(name, datatype, tensor.get("data"))
     if array.size != count:
         raise OnnxtwinError(f"input {name!r}: expected {count} values for shape {shape}, got "
@@ -160,9 +228,24 @@ def _input_array(tensor: Any, binary: memoryview) -> tuple[str, np.ndarray, int]
     return name, array.reshape(shape), 0
 
 
+def _shape(name: str, shape: Any) -> list[int]:
+    """A tensor's 'shape': at most MAX_RANK integers >= 0 (not bools or floats), at most
+    MAX_ELEMENTS elements."""
+    if isinstance(shape, list) and len(shape) > MAX_RANK:
+        raise OnnxtwinError(f"input {name!r}: expected 'shape' with at most {MAX_RANK} dims, "
+                            f"got {len(shape)}")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise OnnxtwinError(f"input {name!r}: expected 'shape' as a list of non-negative "
+                            f"integers, got {_short(repr(shape))}")
+    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+        raise OnnxtwinError(f"input {name!r}: expected 'shape' of at most {MAX_ELEMENTS} "
+                            f"elements (a dim of 0 counted as 1), got {_short(repr(shape))}")
+    return shape
+
+
 def _json_array(name: str, datatype: str, data: Any) -> np.ndarray:
     """JSON numbers as `datatype`; strings, ragged lists and values the type cannot hold
-    exactly (2.5 or 2**40 as INT32, 1 as BOOL) are refused, not converted."""
+    (2.5 or 2**40 as INT32, 1 as BOOL, 1e39 as FP32) are refused, not converted."""
     dtype = np.dtype(DATATYPES[datatype])
     kinds = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[dtype.kind]
     try:
@@ -174,7 +257,15 @@ def _json_array(name: str, datatype: str, data: Any) -> np.ndarray:
     if not exact:
         raise OnnxtwinError(f"input {name!r}: expected 'data' as a (nested) list of "
                             f"{datatype} values, got {_kind(data)}")
-    return raw.astype(dtype)
+    with np.errstate(over="ignore"):
+        array = raw.astype(dtype)
+    if dtype.kind == "f" and raw.size:
+        overflow = np.isinf(array) & np.isfinite(raw)
+        if overflow.any():
+            raise OnnxtwinError(f"input {name!r}: expected {datatype} values of magnitude at "
+                                f"most {float(np.finfo(dtype).max):g}, got "
+                                f"{float(raw[overflow].flat[0]):g}")
+    return array
 
 
 def _parameters(obj: dict, where: str) -> dict:
@@ -182,7 +273,19 @@ def _parameters(obj: dict, where: str) -> dict:
     if not isinstance(params, dict):
         raise OnnxtwinError(f"{where}: expected 'parameters' to be an object, got "
                             f"{_kind(params)}")
+    unsupported = [p for p in UNSUPPORTED if p in params]
+    if unsupported:
+        raise OnnxtwinError(f"{where}: expected no {unsupported[0]!r} parameter (that protocol "
+                            f"extension is not served), got one")
     return params
+
+
+def _flag(params: dict, key: str, default: bool, where: str) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise OnnxtwinError(f"{where}: expected parameter {key!r} to be true or false, got "
+                            f"{_kind(value)}")
+    return value
 
 
 def _request_id(request: dict) -> str | None:
@@ -192,14 +295,32 @@ def _request_id(request: dict) -> str | None:
     return rid
 
 
+def _count(key: str, items: list) -> None:
+    if len(items) > MAX_TENSORS:
+        raise OnnxtwinError(f"infer request: expected at most {MAX_TENSORS} {key}, got "
+                            f"{len(items)}")
+
+
 def _header_length(value: str, body_length: int) -> int:
-    if not value.isdigit() or int(value) > body_length:
+    if byte_count(HEADER_LENGTH, value) > body_length:
         raise OnnxtwinError(f"{HEADER_LENGTH}: expected a byte count of at most the body's "
                             f"{body_length}, got {value!r}")
     return int(value)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_NAME
+
+
 def _kind(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, str | int | float | bool | None) else \
-        type(value).__name__
+    text = json.dumps(value) if isinstance(value, str | float | bool | None) else \
+        str(value) if _is_int(value) and value.bit_length() < 128 else type(value).__name__
+    return _short(text)
+
+
+def _short(text: str) -> str:
     return text if len(text) <= 40 else text[:37] + "..."

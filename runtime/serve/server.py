@@ -8,72 +8,157 @@ Routes (Triton's and KServe's v2 REST API; `/versions/1` may follow a model name
     GET  /v2/models/NAME/ready     200 if the model runs a probe input, else 503
     POST /v2/models/NAME/infer     inference, JSON or binary tensor data
 Request errors are the protocol's {"error": "..."} with HTTP 400 (404: no such model or
-route, 413: request too large, 503: queue full or shutting down).
+route, 408: body too slow, 413: request too large or a run over the memory bound, 503:
+queue full, request bodies over their budget, or shutting down).
+
+What bounds a hostile or careless client: the body's size, the time to send the headers
+(per request) and the body, the bytes of bodies held at once across connections, each
+run's estimated memory (the sessions' own `memory_limit`: `serve` insists on one, a test
+or an embedding application may pass sessions without), and the queue. Large bodies are
+decoded, and large outputs encoded, on one worker thread: the event loop answers health
+checks between their steps (Python's JSON parser still holds the GIL while it parses), and
+one thread bounds the memory decoding takes at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
+import re
 import socket
-from collections.abc import Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import version
 from typing import Any
 
 import numpy as np
 
-from onnxtwin.runtime.errors import OnnxtwinError, first_line
-from onnxtwin.runtime.serve.batching import Overloaded, Scheduler
+from onnxtwin.runtime.errors import OnnxtwinError, ResourceLimit, first_line
+from onnxtwin.runtime.serve.batching import Scheduler, Unavailable
 from onnxtwin.runtime.serve.oip import (
+    DATATYPES,
     HEADER_LENGTH,
+    byte_count,
     error_body,
     infer_response,
     model_metadata,
     parse_infer_request,
+    protocol_datatype,
+    wanted_outputs,
 )
-from onnxtwin.runtime.session import Session, TensorInfo
+from onnxtwin.runtime.session import DEFAULT_MEMORY_LIMIT, Session, TensorInfo
 
 MODEL_VERSION = "1"
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""A model name is a URL path part: letters, digits, '_', '.', '-', never '.' or '..'."""
+INLINE_BYTES = 2**16
+"""Bodies and outputs up to this size are decoded and encoded on the event loop (well
+under a millisecond); larger ones on the server's worker thread."""
 
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """Batching and the bounds that keep an overloaded server's memory flat."""
+    """Batching and the bounds that keep a server's memory and connections flat whatever
+    clients send."""
 
     max_batch: int = 64  # rows per onnxruntime run; 0 turns dynamic batching off
     max_delay_ms: float = 0.0  # how long the first request of a batch waits for company
     max_queue: int = 256  # requests waiting per model; one more gets 503
     max_request_bytes: int = 64 * 2**20  # a larger body gets 413 before it is read
     probe_timeout_s: float = 10.0  # a readiness probe slower than this fails
+    max_run_bytes: int = DEFAULT_MEMORY_LIMIT  # estimated peak memory of one run; over: 413
+    max_inflight_bytes: int | None = None  # bodies held at once (None: 4 x max_request_bytes)
+    header_timeout_s: float = 10.0  # a request's headers must arrive within this
+    body_timeout_s: float = 60.0  # its body within this of its headers; else 408
+    idle_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_delay_ms", "max_queue", "max_request_bytes"):
-            low = 0 if name in ("max_batch", "max_delay_ms") else 1
-            if getattr(self, name) < low:
-                raise OnnxtwinError(f"{name}: expected a number >= {low}, got "
+        lows = {"max_batch": 0, "max_delay_ms": 0, "max_queue": 1, "max_request_bytes": 1,
+                "max_run_bytes": 1, "max_inflight_bytes": self.max_request_bytes}
+        for name, low in lows.items():
+            value = getattr(self, name)
+            if value is not None and not value >= low:  # NaN too
+                raise OnnxtwinError(f"{name}: expected a number >= {low}, got {value}")
+        for name in ("probe_timeout_s", "header_timeout_s", "body_timeout_s",
+                     "idle_timeout_s"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise OnnxtwinError(f"{name}: expected a number of seconds > 0, got "
                                     f"{getattr(self, name)}")
+
+    @property
+    def inflight_budget(self) -> int:
+        """Bytes of request bodies the server holds at once, across all connections, from
+        the first byte to the response (queued requests included)."""
+        return self.max_inflight_bytes or 4 * self.max_request_bytes
+
+    @property
+    def session_bounds(self) -> dict[str, Any]:
+        """Session keywords for a served model: each run bounded by `max_run_bytes`, and
+        onnxruntime's CPU arena off, so that a large run's memory goes back to the system
+        afterwards instead of staying with the process."""
+        return {"memory_limit": self.max_run_bytes, "arena": False}
 
 
 class _HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, close: bool = False) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.close = status, close
+
+
+class _Budget:
+    """Bytes of request bodies held at once; a claim over it is refused with 503."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+
+    @contextmanager
+    def claim(self) -> Iterator[Callable[[int], None]]:
+        """A function that raises this claim to n bytes, released when the block ends."""
+        mine = 0
+
+        def grow(n: int) -> None:
+            nonlocal mine
+            if self.held - mine + n > self.limit:
+                raise _HttpError(503, f"server: expected request bodies in flight to total at "
+                                      f"most {self.limit} bytes, got {self.held} held and "
+                                      f"{n - mine} more asked (retry later)", close=True)
+            self.held += n - mine
+            mine = n
+
+        try:
+            yield grow
+        finally:
+            self.held -= mine
 
 
 def create_app(sessions: Mapping[str, Session], options: ServeOptions = ServeOptions(),
                on_ready: Callable[[], None] = lambda: None) -> Any:
-    """The ASGI application serving `sessions` by model name; `on_ready` runs at startup."""
+    """The ASGI application serving `sessions` by model name; `on_ready` runs at startup.
+
+    Each run is bounded by its session's own `memory_limit` (413 over it, and no batch
+    grows past it). Models the protocol cannot serve (a name that is no URL path part,
+    an input or output type it has no datatype for) are refused here, in one line.
+    """
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
+    for name, session in sessions.items():
+        check_servable(name, session)
     schedulers: dict[str, Scheduler] = {}
+    bodies = _Budget(options.inflight_budget)
+    worker: list[ThreadPoolExecutor] = []  # one thread, created at startup
+    log = logging.getLogger("uvicorn.error")
 
-    def error(status: int, message: str) -> Response:
-        return Response(error_body(message), status, media_type="application/json")
+    def error(status: int, message: str, close: bool = False) -> Response:
+        return Response(error_body(message), status, media_type="application/json",
+                        headers={"connection": "close"} if close else None)
 
     def scheduler(request: Request) -> Scheduler:
         name, wanted = request.path_params["model"], request.path_params.get("version")
@@ -88,11 +173,27 @@ def create_app(sessions: Mapping[str, Session], options: ServeOptions = ServeOpt
         try:
             return await handler(request)
         except _HttpError as e:
-            return error(e.status, str(e))
-        except Overloaded as e:
+            return error(e.status, str(e), e.close)
+        except ResourceLimit as e:
+            return error(413, str(e))
+        except Unavailable as e:
             return error(503, str(e))
         except OnnxtwinError as e:
             return error(400, str(e))
+        except ClientDisconnect:
+            return error(400, "request: expected a whole body, got a closed connection")
+        except Exception as e:  # a bug: no request should get here (the tests try hard)
+            log.exception("%s %s", request.method, request.scope["path"])
+            return error(500, f"server: expected to answer, got {first_line(e)}")
+
+    async def offload(size: int, function: Callable, *args: Any) -> Any:
+        """`function(*args)` here if its data is small, else on the worker thread, so that
+        the event loop is not held for the whole of a large body's decoding; one thread
+        bounds the memory decoding takes at once."""
+        if size <= INLINE_BYTES:
+            return function(*args)
+        return await asyncio.get_running_loop().run_in_executor(worker[0],
+                                                                partial(function, *args))
 
     async def probe(s: Scheduler) -> str | None:
         """None if the model runs a probe input now, else why not."""
@@ -128,16 +229,20 @@ def create_app(sessions: Mapping[str, Session], options: ServeOptions = ServeOpt
 
     async def infer(request: Request) -> Response:
         s = scheduler(request)
-        body = await read_bounded(request, options.max_request_bytes)
-        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
-        outputs = await s.submit(parsed.inputs)
-        content, headers = infer_response(request.path_params["model"], MODEL_VERSION, parsed,
-                                          outputs)
+        with bodies.claim() as claim:
+            body = await read_bounded(request, options, claim)
+            parsed = await offload(len(body), parse_infer_request, body,
+                                   request.headers.get(HEADER_LENGTH))
+            wanted_outputs(parsed, [o.name for o in s.session.outputs])
+            outputs = await s.submit(parsed.inputs)
+            content, headers = await offload(sum(v.nbytes for v in outputs.values()),
+                                             infer_response, request.path_params["model"],
+                                             MODEL_VERSION, parsed, outputs)
         return Response(content, 200, headers=headers)
 
     async def not_found(request: Request, exc: HTTPException) -> Response:
-        return error(exc.status_code, f"{request.method} {request.url.path}: expected a v2 "
-                                      f"route ({exc.detail})")
+        return error(exc.status_code, f"{request.method} {request.scope['path']}: expected "
+                                      f"a v2 route ({exc.detail})")
 
     def routes(path: str, handler, methods=("GET",)) -> list[Route]:
         async def endpoint(request: Request) -> Response:
@@ -148,6 +253,7 @@ def create_app(sessions: Mapping[str, Session], options: ServeOptions = ServeOpt
 
     @asynccontextmanager
     async def lifespan(app):
+        worker.append(ThreadPoolExecutor(1, thread_name_prefix="onnxtwin-serve"))
         for name, session in sessions.items():
             schedulers[name] = Scheduler(session, options.max_batch,
                                          options.max_delay_ms / 1000, options.max_queue)
@@ -157,6 +263,7 @@ def create_app(sessions: Mapping[str, Session], options: ServeOptions = ServeOpt
             yield
         finally:  # uvicorn gets here after in-flight requests finished
             await asyncio.gather(*(s.stop() for s in schedulers.values()))
+            worker.pop().shutdown()
 
     app = Starlette(routes=[
         *routes("/v2", server_metadata), *routes("/v2/health/live", live),
@@ -167,34 +274,83 @@ def create_app(sessions: Mapping[str, Session], options: ServeOptions = ServeOpt
     return app
 
 
-async def read_bounded(request: Any, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _HttpError(413, f"request: expected at most {limit} bytes, got {declared}")
-    if request.headers.get("content-encoding", "identity") != "identity":
-        raise _HttpError(400, f"request: expected an uncompressed body, got Content-Encoding "
-                              f"{request.headers['content-encoding']}")
+async def read_bounded(request: Any, options: ServeOptions,
+                       claim: Callable[[int], None]) -> bytes:
+    """The request body, refused as soon as it exceeds `max_request_bytes` (413), takes
+    longer than `body_timeout_s` (408), or would take the bodies in flight over their
+    budget (503: `claim` grows to what the body declares, or has brought so far). The
+    connection closes after each of these, so that a client stops uploading into a
+    refused request."""
+    limit = options.max_request_bytes
+    expected = declared_length(request.headers, limit)
+    claim(expected)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _HttpError(413, f"request: expected at most {limit} bytes, got more")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(options.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _HttpError(413, f"request: expected at most {limit} bytes, got "
+                                          f"more", close=True)
+                claim(max(size, expected))
+                chunks.append(chunk)
+    except TimeoutError:
+        raise _HttpError(408, f"request: expected the body within {options.body_timeout_s} "
+                              f"s, got {size} bytes by then", close=True) from None
     return b"".join(chunks)
 
 
+def declared_length(headers: Mapping[str, str], limit: int) -> int:
+    """The body's length from Content-Length (0 if chunked); a length over `limit`, a body
+    framed both ways, or a compressed one is refused."""
+    declared = headers.get("content-length")
+    expected = 0 if declared is None else byte_count("Content-Length", declared)
+    if expected > limit:
+        raise _HttpError(413, f"request: expected at most {limit} bytes, got {expected}",
+                         close=True)
+    if declared is not None and "transfer-encoding" in headers:
+        # A proxy in front may frame the body by the other header: request smuggling.
+        raise _HttpError(400, "request: expected Content-Length or Transfer-Encoding, got "
+                              "both", close=True)
+    if headers.get("content-encoding", "identity") != "identity":
+        raise _HttpError(400, f"request: expected an uncompressed body, got Content-Encoding "
+                              f"{headers['content-encoding']!r}", close=True)
+    return expected
+
+
 def probe_inputs(inputs: tuple[TensorInfo, ...]) -> dict[str, np.ndarray]:
-    """The smallest valid inputs: zeros, every dynamic dim 1."""
+    """The smallest valid inputs: zeros (False), every dynamic dim 1; a scalar is 0-d."""
     return {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], i.dtype)
             for i in inputs}
 
 
+def check_name(name: str) -> str:
+    """`name` if it is a safe URL path part (MODEL_NAME), else one line."""
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise OnnxtwinError(f"model name: expected 1 to 64 letters, digits, '_', '.' or '-', "
+                            f"starting with a letter or digit, got {name!r}")
+    return name
+
+
+def check_servable(name: str, session: Session) -> None:
+    """Refuse, in one line, a model the protocol cannot serve."""
+    check_name(name)
+    for info in session.inputs:
+        if info.dtype not in DATATYPES.values():
+            raise OnnxtwinError(f"model {name!r}: expected inputs of the protocol's datatypes "
+                                f"{list(DATATYPES)}, got {info.name!r} of {info.dtype}")
+    for info in session.outputs:
+        if protocol_datatype(info) is None:
+            raise OnnxtwinError(f"model {name!r}: expected outputs of the protocol's datatypes,"
+                                f" got {info.name!r} of {info.dtype}")
+
+
 def model_names(paths: list[Any]) -> dict[str, Any]:
-    """Model name (the file name without .onnx) -> path; names must differ."""
+    """Model name (the file name without .onnx) -> path; names must be safe URL path parts
+    (MODEL_NAME) and differ."""
     named: dict[str, Any] = {}
     for path in paths:
-        name = path.name.removesuffix(".onnx")
+        name = check_name(path.name.removesuffix(".onnx"))
         if name in named:
             raise OnnxtwinError(f"{path}: expected model files with different names, got "
                                 f"{name!r} twice ({named[name]})")
@@ -204,18 +360,71 @@ def model_names(paths: list[Any]) -> dict[str, Any]:
 
 def serve(sessions: Mapping[str, Session], host: str, port: int, options: ServeOptions,
           announce=print) -> None:
-    """Serve until SIGINT or SIGTERM; in-flight requests finish first."""
+    """Serve until SIGINT or SIGTERM; in-flight requests finish first.
+
+    Every session must bound its runs within `options.max_run_bytes`: open them with
+    `Session(path, ..., **options.session_bounds)`.
+    """
     import uvicorn
 
+    for name, session in sessions.items():
+        if session.memory_limit is None or session.memory_limit > options.max_run_bytes:
+            raise OnnxtwinError(f"model {name!r}: expected a session with memory_limit at "
+                                f"most {options.max_run_bytes}, got {session.memory_limit}")
     listener = listen(host, port)
     bound = listener.getsockname()[1]
     line = (f"serving {', '.join(sessions)} at http://{host}:{bound}/v2 "
-            f"(max batch {options.max_batch}, queue {options.max_queue})")
+            f"(max batch {options.max_batch}, queue {options.max_queue}, "
+            f"run memory {options.max_run_bytes / 2**20:.0f} MiB)")
     # Announced from the app's startup: by then uvicorn handles SIGINT and SIGTERM.
     app = create_app(sessions, options, on_ready=lambda: announce(line))
-    config = uvicorn.Config(app, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=30)
-    uvicorn.Server(config).run(sockets=[listener])
+    uvicorn.Server(uvicorn_config(app, options)).run(sockets=[listener])
+
+
+def uvicorn_config(app: Any, options: ServeOptions) -> Any:
+    """uvicorn's settings for `app`: the connection timeouts of `options`, quiet logs."""
+    import uvicorn
+
+    return uvicorn.Config(app, http=header_deadline(options.header_timeout_s),
+                          timeout_keep_alive=options.idle_timeout_s, log_level="warning",
+                          access_log=False, timeout_graceful_shutdown=30)
+
+
+def header_deadline(seconds: float) -> type:
+    """uvicorn's h11 protocol with a deadline for each request's head.
+
+    uvicorn times a connection out only while it idles after a response: one that sends
+    nothing, or its headers a byte at a time, or a body nobody reads after the response,
+    would stay open for ever. Here a connection that has not delivered the head of a new
+    request `seconds` after it opened, or after its last response, is closed.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._deadline: asyncio.TimerHandle | None = None
+            self._await_head(None)
+
+        def on_response_complete(self) -> None:
+            answered = self.cycle  # a pipelined request may start a new cycle in super()
+            super().on_response_complete()
+            self._await_head(answered)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _await_head(self, answered: Any) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(seconds, self._head_late, answered)
+
+        def _head_late(self, answered: Any) -> None:
+            if self.cycle is answered:  # no new request since
+                self.transport.abort()  # close() would wait for a client that never reads
+
+    return HeaderDeadline
 
 
 def listen(host: str, port: int) -> socket.socket:
