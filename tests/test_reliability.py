@@ -50,8 +50,8 @@ def test_a_killed_export_leaves_the_previous_file_intact(tmp_path, how):
         assert list(tmp_path.glob(f"{TEMPORARY_PREFIX}*")) == temporaries
         with atomic_path(tmp_path / "other.txt") as tmp:
             tmp.write_text("next")
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["other.txt",
-                                                               "transformer.keras.onnx"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            ".onnxtwin.lock", "other.txt", "transformer.keras.onnx"]  # the lock file stays
 
 
 SIGTERM_DURING_AN_IMPORT = """

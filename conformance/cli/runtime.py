@@ -1,4 +1,4 @@
-"""Commands for deployment, which import only onnxruntime and numpy (and, to serve,
+"""Commands for deployment, which import only onnxruntime, onnx and numpy (and, to serve,
 Starlette and uvicorn): `providers`, `run`, `serve`, `deploy`."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def run(
 ) -> None:
     """Run an ONNX model on saved inputs (validated against its signature); write the outputs.
 
-    Imports only onnxruntime and numpy. A provider that cannot run falls back to CPU with
+    Imports only onnxruntime, onnx and numpy. A provider that cannot run falls back to CPU with
     a warning (or fails with --strict); the provider that really ran is printed.
     """
     from onnxtwin.runtime.arrays import load_arrays, save_arrays

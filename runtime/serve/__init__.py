@@ -3,6 +3,6 @@
 repository writer of `onnxtwin deploy` (`triton`).
 
 Like the rest of onnxtwin.runtime it imports neither torch nor TensorFlow: a deployment
-needs only onnxruntime, numpy and, for the server, Starlette and uvicorn. Import from the
+needs only onnxruntime, onnx, numpy and, for the server, Starlette and uvicorn. Import from the
 submodules; this package imports nothing.
 """
