@@ -96,7 +96,7 @@ def serve(
     """Serve ONNX models over HTTP with the Open Inference Protocol v2 (KServe v2, Triton).
 
     Clients written for Triton (e.g. tritonclient.http) work unchanged. Imports only
-    onnxruntime, numpy, Starlette and uvicorn. SIGINT or SIGTERM stops it after the
+    onnxruntime, onnx, numpy, Starlette and uvicorn. SIGINT or SIGTERM stops it after the
     requests in flight finish.
     """
     from onnxtwin.runtime.serve.server import ServeOptions, model_names
