@@ -442,6 +442,22 @@ def test_stalled_and_idle_connections_are_closed_within_their_deadlines(models):
         assert call(port, "GET", "/v2/health/live")[0] == 200
 
 
+def test_connections_past_the_cap_are_closed_at_once_and_the_rest_served(models):
+    options = ServeOptions(max_connections=3, header_timeout_s=5)
+    with serving({"rows": opened(models["rows"])}, options) as port:
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        time.sleep(0.2)  # accepted
+        extra = socket.create_connection(("127.0.0.1", port))
+        assert closed_after(extra, 1) < 0.5
+        for sock in held[:2]:
+            sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        for sock in held:
+            sock.close()
+        time.sleep(0.2)
+        assert call(port, "GET", "/v2/health/live")[0] == 200
+
+
 def test_a_slow_body_gets_408_and_its_connection_closes(models):
     with serving({"rows": opened(models["rows"])}, ServeOptions(body_timeout_s=0.5)) as port:
         sock = socket.create_connection(("127.0.0.1", port))

@@ -90,6 +90,8 @@ def serve(
         help="Seconds for a request's body to arrive; HTTP 408 after.")] = 60.0,
     idle_timeout: Annotated[float, typer.Option(
         help="Seconds an idle keep-alive connection stays open.")] = 5.0,
+    max_connections: Annotated[int, typer.Option(
+        help="Open connections; one more is closed as soon as it is accepted.")] = 1000,
     strict: Annotated[bool, typer.Option(
         help="Fail if the provider cannot run here, instead of falling back to CPU.")] = False,
 ) -> None:
@@ -112,7 +114,8 @@ def serve(
         mebibytes("max_inflight_mb", max_inflight_mb),
         header_timeout_s=bounded("header_timeout", header_timeout, 0.001, 3600),
         body_timeout_s=bounded("body_timeout", body_timeout, 0.001, 3600),
-        idle_timeout_s=bounded("idle_timeout", idle_timeout, 0.001, 3600))
+        idle_timeout_s=bounded("idle_timeout", idle_timeout, 0.001, 3600),
+        max_connections=int(bounded("max_connections", max_connections, 1, 2**20)))
     sessions = {name: session(path, provider, strict, **options.session_bounds)
                 for name, path in model_names(models).items()}
     run_server(sessions, host, port, options, announce=lambda line: say(console, line))

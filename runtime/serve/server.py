@@ -75,10 +75,12 @@ class ServeOptions:
     header_timeout_s: float = 10.0  # a request's headers must arrive within this
     body_timeout_s: float = 60.0  # its body within this of its headers; else 408
     idle_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 1000  # open connections; one more is closed at once
 
     def __post_init__(self) -> None:
         lows = {"max_batch": 0, "max_delay_ms": 0, "max_queue": 1, "max_request_bytes": 1,
-                "max_run_bytes": 1, "max_inflight_bytes": self.max_request_bytes}
+                "max_run_bytes": 1, "max_inflight_bytes": self.max_request_bytes,
+                "max_connections": 1}
         for name, low in lows.items():
             value = getattr(self, name)
             if value is not None and not value >= low:  # NaN too
@@ -385,18 +387,23 @@ def uvicorn_config(app: Any, options: ServeOptions) -> Any:
     """uvicorn's settings for `app`: the connection timeouts of `options`, quiet logs."""
     import uvicorn
 
-    return uvicorn.Config(app, http=header_deadline(options.header_timeout_s),
+    return uvicorn.Config(app, http=header_deadline(options.header_timeout_s,
+                                                    options.max_connections),
                           timeout_keep_alive=options.idle_timeout_s, log_level="warning",
                           access_log=False, timeout_graceful_shutdown=30)
 
 
-def header_deadline(seconds: float) -> type:
-    """uvicorn's h11 protocol with a deadline for each request's head.
+def header_deadline(seconds: float, max_connections: int) -> type:
+    """uvicorn's h11 protocol with a deadline for each request's head and a cap on
+    connections.
 
     uvicorn times a connection out only while it idles after a response: one that sends
     nothing, or its headers a byte at a time, or a body nobody reads after the response,
     would stay open for ever. Here a connection that has not delivered the head of a new
-    request `seconds` after it opened, or after its last response, is closed.
+    request `seconds` after it opened, or after its last response, is closed. uvicorn also
+    accepts connections until the process runs out of file descriptors (then every
+    accept fails with a logged traceback); here one past `max_connections` is closed as
+    soon as it is accepted.
     """
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -405,6 +412,8 @@ def header_deadline(seconds: float) -> type:
             super().connection_made(transport)
             self._deadline: asyncio.TimerHandle | None = None
             self._await_head(None)
+            if len(self.connections) > max_connections:
+                transport.abort()
 
         def on_response_complete(self) -> None:
             answered = self.cycle  # a pipelined request may start a new cycle in super()
