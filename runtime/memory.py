@@ -22,6 +22,14 @@ import numpy as np
 BASE_DIM = 4
 """Every named dim takes this value at the base point, and twice it when probed (small, so
 that inference is cheap; not 1, which broadcasting can treat specially)."""
+SHAPE_OPERANDS = {"Expand": (1,), "Tile": (1,), "Range": (0, 1, 2), "Reshape": (1,),
+                  "ConstantOfShape": (0,), "Resize": (2, 3), "Upsample": (1,), "Pad": (1,),
+                  "OneHot": (1,), "TopK": (1,), "NonZero": (0,), "Compress": (1,),
+                  "Unique": (0,), "Loop": (0, 1), "Scan": (), "If": (0,)}
+"""Operands whose values (not shapes) set the size of an op's output: an input value that
+reaches one makes memory depend on what a request holds, which shapes cannot bound."""
+SHAPE_ONLY = {"Shape", "Size"}
+"""Ops whose output depends on their input's shape alone."""
 INLINE_ELEMENTS = 1024
 """Initializers up to this size stay in the graph for shape inference (Reshape targets and
 the like); larger ones become typed graph inputs, so that inference copies no weights."""
@@ -42,7 +50,9 @@ class MemoryModel:
     """Bytes a run needs as a function of the input dims, from the graph at `path`.
 
     Dims are the inputs' dim names; a dynamic dim without a name is called by
-    `unnamed_dim(input, axis)`.
+    `unnamed_dim(input, axis)`. `value_dependent` names the ops whose output size an
+    input's values set (an Expand to a shape read from an input): the estimate cannot
+    see them.
     """
 
     def __init__(self, path: Path) -> None:
@@ -55,6 +65,7 @@ class MemoryModel:
         at_base = _tensor_bytes(model, base)
         doubled = {d: _tensor_bytes(model, {**base, d: 2 * BASE_DIM}) for d in dims}
         lifetimes = _lifetimes(model.graph)
+        self.value_dependent = _value_dependent(model.graph)
         self.dims = tuple(dims)
         self.terms = tuple(
             Term(size, tuple((d, _exponent(size, doubled[d].get(name, size))) for d in dims),
@@ -92,6 +103,21 @@ def _name_dims(graph) -> tuple[str, ...]:
 def _exponent(base: float, doubled: float) -> int:
     """The power of a dim in a tensor's size, from its size at the dim and at twice it."""
     return max(0, round(math.log2(doubled / base))) if base and doubled else 0
+
+
+def _value_dependent(graph) -> tuple[str, ...]:
+    """Ops that an input's values reach through a shape operand ("Expand 'name'")."""
+    tainted = {value.name for value in graph.input}
+    tainted -= {tensor.name for tensor in graph.initializer}
+    found = []
+    for node in graph.node:
+        reached = [i for i, name in enumerate(node.input) if name in tainted]
+        if any(i in SHAPE_OPERANDS.get(node.op_type, ()) for i in reached) or (
+                node.op_type in ("Scan", "If", "Loop") and reached):
+            found.append(f"{node.op_type} {node.name or node.output[0]!r}")
+        if reached and node.op_type not in SHAPE_ONLY:
+            tainted.update(node.output)
+    return tuple(found)
 
 
 def _lifetimes(graph) -> dict[str, tuple[int, int]]:

@@ -147,6 +147,12 @@ class Session:
                     dims[want or unnamed_dim(info.name, axis)] = size
         return dims
 
+    @property
+    def value_dependent(self) -> tuple[str, ...]:
+        """Ops whose output size an input's values set, which `memory_limit` cannot bound
+        (empty without a memory limit)."""
+        return self._memory.value_dependent if self._memory is not None else ()
+
     def needed_bytes(self, dims: Mapping[str, int]) -> int:
         """Estimated peak memory of a run at these dims (0 without a memory limit)."""
         return self._memory.estimate(dims) if self._memory is not None else 0

@@ -122,3 +122,35 @@ def test_a_dim_over_its_stamped_maximum_is_refused_in_one_line(embedding):
         session.run({"tokens": np.ones((3, 5), np.int64)})
     assert str(refused.value) == ("input 'tokens': expected seq <= 4 (the largest the model "
                                   "takes), got int64[3, 5]")
+
+
+def expand_model(path, shape_from_values: bool):
+    """x float32 [batch] expanded to a shape read from the input `n` (its values) or from
+    `n`'s own shape (Shape(n))."""
+    nodes = [helper.make_node("Shape", ["n"], ["n_shape"])] if not shape_from_values else []
+    nodes.append(helper.make_node("Expand", ["x", "n" if shape_from_values else "n_shape"],
+                                  ["y"], name="big"))
+    graph = helper.make_graph(
+        nodes, "expand",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch"]),
+         helper.make_tensor_value_info("n", TensorProto.INT64, ["k"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return save(graph, path)
+
+
+def test_sizes_set_by_input_values_are_named_and_warned_of(tmp_path):
+    from cli_runner import onnxtwin
+
+    by_values = expand_model(tmp_path / "values.onnx", shape_from_values=True)
+    assert Session(by_values, memory_limit=2**20).value_dependent == ("Expand 'big'",)
+    by_shape = expand_model(tmp_path / "shape.onnx", shape_from_values=False)
+    assert Session(by_shape, memory_limit=2**20).value_dependent == ()
+    np.savez(tmp_path / "in.npz", x=np.ones(1, np.float32), n=np.array([3]))
+    result = onnxtwin("run", str(by_values), "-i", str(tmp_path / "in.npz"), "-o",
+                      str(tmp_path / "out.npz"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: values.onnx: expected output sizes set by input shapes, got 1 set by "
+        "input values (Expand 'big'): the memory bound cannot cover them"]
+    with np.load(tmp_path / "out.npz") as out:
+        np.testing.assert_array_equal(out["y"], np.ones(3, np.float32))

@@ -122,8 +122,8 @@ def result_table(title: str, columns: list[str], rows: list[list[str]]) -> Group
 
 
 def session(path: Path, provider: str, strict: bool, **options):
-    """A runtime Session (`options` go to it); a provider fallback warning is printed on
-    one line."""
+    """A runtime Session (`options` go to it); a provider fallback, and ops whose memory
+    its bound cannot see, are warned of on one line each."""
     import warnings
 
     from onnxtwin.runtime import ProviderFallbackWarning, Session
@@ -133,6 +133,11 @@ def session(path: Path, provider: str, strict: bool, **options):
         result = Session(path, provider, strict=strict, **options)
     for w in caught:
         say(errors, f"warning: {w.message}")
+    if result.value_dependent:
+        say(errors, f"warning: {path.name}: expected output sizes set by input shapes, got "
+                    f"{len(result.value_dependent)} set by input values "
+                    f"({', '.join(result.value_dependent[:3])}): the memory bound cannot "
+                    f"cover them")
     return result
 
 
