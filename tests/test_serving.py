@@ -385,7 +385,7 @@ def test_a_rows_result_does_not_depend_on_its_batch(tmp_path, twins_of, name, fr
     from onnxtwin.builders import sample_inputs
 
     session = Session(export_model(twins_of(name), framework, tmp_path).path)
-    batch = sample_inputs(twins_of(name).spec, 64, 50, seed=3)
+    batch = sample_inputs(twins_of(name).spec, batch=64, seq=50, seed=3)
     together = session.run(batch)["logits"]
     alone = np.concatenate([session.run({k: v[i:i + 1] for k, v in batch.items()})["logits"]
                             for i in range(64)])
