@@ -12,6 +12,7 @@ import http.client
 import json
 import math
 import socket
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ import numpy as np
 import onnx
 import pytest
 import tritonclient.http as triton
+from cli_runner import CLI
 from onnx import TensorProto, helper
 
 from onnxtwin.runtime import OnnxtwinError, Session
@@ -87,6 +89,11 @@ def models(tmp_path_factory) -> dict[str, Path]:
             node("ReduceSum", ["p", "axes"], ["y"], keepdims=0)],
             [info("x", F, ["batch", "seq", 8])], [info("y", F, ["batch", "seq"])],
             [helper.make_tensor("axes", TensorProto.INT64, [1], [2])]),
+        "coupled": save(out / "coupled.onnx", [  # x - mean over the batch: rows interact
+            node("ReduceMean", ["x", "axes"], ["m"], keepdims=1),
+            node("Sub", ["x", "m"], ["y"])],
+            [info("x", F, ["batch", 3])], [info("y", F, ["batch", 3])],
+            [helper.make_tensor("axes", TensorProto.INT64, [1], [0])]),
         "words": save(out / "words.onnx", [node("Identity", ["x"], ["y"])],
                       [info("x", TensorProto.STRING, [2])], [info("y", TensorProto.STRING, [2])]),
     }
@@ -564,3 +571,30 @@ def test_the_default_bounds():
     options = ServeOptions()
     assert options.session_bounds == {"memory_limit": 2**30, "arena": False}
     assert options.inflight_budget == 4 * 64 * 2**20
+
+
+def test_a_model_whose_rows_interact_is_served_unbatched_with_right_answers(models):
+    from onnxtwin.runtime.serve.batching import batch_invariant
+
+    assert batch_invariant(opened(models["rows"])) is None
+    assert batch_invariant(opened(models["coupled"])) == (
+        "rows run together change each other's 'y'")
+    process = subprocess.Popen([*CLI, "serve", str(models["coupled"]), "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.endswith("; coupled unbatched: rows run together change each other's "
+                             "'y')\n"), line
+        url = line.split("http://")[1].split("/")[0]
+        port = int(url.split(":")[1])
+        rows = [np.full((1, 3), k, np.float32) for k in range(32)]
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(lambda r: infer(port, "coupled", {"inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [1, 3],
+                 "data": r.ravel().tolist()}]}), rows))
+        # alone, x - mean(x) over one row is 0
+        assert answers == [(200, answers[0][1])] * 32
+        assert all(a[1]["outputs"][0]["data"] == [0.0, 0.0, 0.0] for a in answers)
+    finally:
+        process.terminate()
+        process.wait(30)

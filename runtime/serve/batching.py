@@ -170,6 +170,32 @@ class Scheduler:
         return [{k: v[a:b] for k, v in outputs.items()} for a, b in itertools.pairwise(starts)]
 
 
+def batch_invariant(session: Session) -> str | None:
+    """None if two different rows run together give each row's result alone, bit for bit
+    (what batching requests relies on); else why not, e.g. a model that normalises over
+    the batch. Other dynamic dims are 1 in the probe; a probe that cannot run says so."""
+    rows = [{i.name: _probe_row(i, high) for i in session.inputs} for high in (False, True)]
+    try:
+        together = session.run({k: np.concatenate([r[k] for r in rows]) for k in rows[0]})
+        alone = [session.run(r) for r in rows]
+    except OnnxtwinError as e:
+        return f"a probe of two rows did not run: {e}"
+    for name, value in together.items():
+        if value.tobytes() != np.concatenate([a[name] for a in alone]).tobytes():
+            return f"rows run together change each other's {name!r}"
+    return None
+
+
+def _probe_row(info, high: bool) -> np.ndarray:
+    """One row for `info`: every dynamic dim 1, values 0.25 or 0.75 (ids 1 or 2 within the
+    vocabulary, False or True)."""
+    dtype = np.dtype(info.dtype)
+    value = {"f": 0.75 if high else 0.25, "b": high}.get(dtype.kind, 2 if high else 1)
+    if info.vocab is not None:
+        value = min(value, info.vocab - 1)
+    return np.full([d if isinstance(d, int) else 1 for d in info.shape], value, dtype)
+
+
 def batch_dim(session: Session) -> str | None:
     """The named first dim that every input and output has, and has nowhere else (e.g.
     "batch"), else None: only then can requests be stacked and their results split."""

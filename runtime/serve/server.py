@@ -27,7 +27,7 @@ import logging
 import math
 import re
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -38,7 +38,12 @@ from typing import Any
 import numpy as np
 
 from onnxtwin.runtime.errors import OnnxtwinError, ResourceLimit, first_line
-from onnxtwin.runtime.serve.batching import Scheduler, Unavailable
+from onnxtwin.runtime.serve.batching import (
+    Scheduler,
+    Unavailable,
+    batch_dim,
+    batch_invariant,
+)
 from onnxtwin.runtime.serve.oip import (
     DATATYPES,
     HEADER_LENGTH,
@@ -138,8 +143,10 @@ class _Budget:
 
 
 def create_app(sessions: Mapping[str, Session], options: ServeOptions = ServeOptions(),
-               on_ready: Callable[[], None] = lambda: None) -> Any:
+               on_ready: Callable[[], None] = lambda: None,
+               unbatched: Collection[str] = ()) -> Any:
     """The ASGI application serving `sessions` by model name; `on_ready` runs at startup.
+    The models named in `unbatched` run each request alone.
 
     Each run is bounded by its session's own `memory_limit` (413 over it, and no batch
     grows past it). Models the protocol cannot serve (a name that is no URL path part,
@@ -257,7 +264,7 @@ def create_app(sessions: Mapping[str, Session], options: ServeOptions = ServeOpt
     async def lifespan(app):
         worker.append(ThreadPoolExecutor(1, thread_name_prefix="onnxtwin-serve"))
         for name, session in sessions.items():
-            schedulers[name] = Scheduler(session, options.max_batch,
+            schedulers[name] = Scheduler(session, 0 if name in unbatched else options.max_batch,
                                          options.max_delay_ms / 1000, options.max_queue)
             schedulers[name].start()
         on_ready()
@@ -365,7 +372,9 @@ def serve(sessions: Mapping[str, Session], host: str, port: int, options: ServeO
     """Serve until SIGINT or SIGTERM; in-flight requests finish first.
 
     Every session must bound its runs within `options.max_run_bytes`: open them with
-    `Session(path, ..., **options.session_bounds)`.
+    `Session(path, ..., **options.session_bounds)`. A model whose rows change each other's
+    results when run together (`batch_invariant`) is served unbatched, and the announced
+    line says so.
     """
     import uvicorn
 
@@ -373,13 +382,17 @@ def serve(sessions: Mapping[str, Session], host: str, port: int, options: ServeO
         if session.memory_limit is None or session.memory_limit > options.max_run_bytes:
             raise OnnxtwinError(f"model {name!r}: expected a session with memory_limit at "
                                 f"most {options.max_run_bytes}, got {session.memory_limit}")
+    unbatched = {name: why for name, session in sessions.items()
+                 if options.max_batch and batch_dim(session)
+                 and (why := batch_invariant(session))}
     listener = listen(host, port)
     bound = listener.getsockname()[1]
     line = (f"serving {', '.join(sessions)} at http://{host}:{bound}/v2 "
             f"(max batch {options.max_batch}, queue {options.max_queue}, "
-            f"run memory {options.max_run_bytes / 2**20:.0f} MiB)")
+            f"run memory {options.max_run_bytes / 2**20:.0f} MiB"
+            f"{''.join(f'; {n} unbatched: {why}' for n, why in unbatched.items())})")
     # Announced from the app's startup: by then uvicorn handles SIGINT and SIGTERM.
-    app = create_app(sessions, options, on_ready=lambda: announce(line))
+    app = create_app(sessions, options, on_ready=lambda: announce(line), unbatched=unbatched)
     uvicorn.Server(uvicorn_config(app, options)).run(sockets=[listener])
 
 
