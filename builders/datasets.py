@@ -246,7 +246,7 @@ def _labelled(path: Path, arrays: dict[str, np.ndarray], images: str,
     if y.dtype.kind == "f" and not np.isfinite(y).all():
         raise OnnxtwinError(f"{path}: expected finite {labels}, got "
                             f"{int((~np.isfinite(y)).sum())} NaN or infinite")
-    return x, y
+    return x, y + 0 if y.dtype.kind == "f" else y  # -0.0 + 0 is 0.0: one class, one name
 
 
 def _enough_per_class(path: Path, labels: list) -> None:

@@ -20,7 +20,9 @@ OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 # onnxruntime's element type strings -> numpy dtype names.
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64",
               "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32",
-              "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+              "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool",
+              "tensor(int16)": "int16", "tensor(uint16)": "uint16", "tensor(uint32)": "uint32",
+              "tensor(uint64)": "uint64"}
 MAX_MODEL_BYTES = 2**31  # a protobuf message cannot be larger: such a file is never a model
 CPU_SLOW_FUSIONS = ("SkipLayerNormFusion",)
 """onnxruntime graph fusions left off for CPU sessions: the fused kernel is slower.

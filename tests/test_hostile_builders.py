@@ -379,3 +379,13 @@ def test_a_sequence_longer_than_the_transformers_positions_is_refused_in_one_lin
         session.run({"tokens": np.ones((2, 21), np.int64)})
     assert str(refused.value) == ("input 'tokens': expected seq <= 20 (the largest the model "
                                   "takes), got int64[2, 21]")
+
+
+def test_labels_zero_and_negative_zero_are_one_class(tmp_path):
+    path = tmp_path / "signed.npz"
+    images = np.random.default_rng(0).integers(0, 256, (100, 28, 28), dtype=np.uint8)
+    np.savez(path, images=images, labels=np.array([0.0, -0.0, 1.0, 1.0] * 25))
+    dataset = load_dataset(str(path))
+    assert dataset.classes == ("0.0", "1.0")
+    y = np.concatenate([dataset.y_train, dataset.y_test])
+    assert sorted(np.bincount(y).tolist()) == [50, 50]

@@ -477,6 +477,23 @@ def test_an_os_error_without_a_path_never_prints_none(tmp_path, monkeypatch, cap
         2, ["error: expected the file system to read and write, got Input/output error"])
 
 
+def test_data_too_large_for_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    model = relu_model(tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", np.ones((1, 4), np.float32))
+
+    def too_large(self, inputs):  # what numpy raises for a float32 copy of a large dataset
+        raise MemoryError("Unable to allocate 7.89 GiB for an array with shape "
+                          "(2700000, 1, 28, 28) and data type float32")
+
+    monkeypatch.setattr(Session, "run", too_large)
+    code, _, err = in_process(monkeypatch, capsys, "run", str(model), "-i",
+                              str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npz"))
+    assert (code, error_lines(err)) == (2, [
+        "error: expected data that fits in memory, got: Unable to allocate 7.89 GiB for an "
+        "array with shape (2700000, 1, 28, 28) and data type float32"])
+    assert not (tmp_path / "y.npz").exists()
+
+
 def test_user_text_is_printed_verbatim_without_emoji_or_markup(tmp_path, monkeypatch, capsys):
     model = relu_model(tmp_path / "m:thumbs_up:[bold]x.onnx")
     np.save(tmp_path / "x.npy", np.ones((1, 4), np.float32))

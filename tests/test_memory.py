@@ -154,3 +154,15 @@ def test_sizes_set_by_input_values_are_named_and_warned_of(tmp_path):
         "input values (Expand 'big'): the memory bound cannot cover them"]
     with np.load(tmp_path / "out.npz") as out:
         np.testing.assert_array_equal(out["y"], np.ones(3, np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["int16", "uint16", "uint32", "uint64"])
+def test_every_integer_width_is_a_known_input_type(tmp_path, dtype):
+    element = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "same",
+                              [helper.make_tensor_value_info("x", element, ["batch", 3])],
+                              [helper.make_tensor_value_info("y", element, ["batch", 3])])
+    session = Session(save(graph, tmp_path / "same.onnx"))
+    assert str(session.inputs[0]) == f"{dtype}[batch, 3]"
+    x = np.arange(6, dtype=dtype).reshape(2, 3)
+    np.testing.assert_array_equal(session.run({"x": x})["y"], x)

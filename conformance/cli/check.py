@@ -134,7 +134,7 @@ def train(
     framework: Annotated[Source, typer.Option(
         help="Framework that trains; the other twin receives the weights.")] = Source.torch,
     epochs: Annotated[int | None, typer.Option(
-        min=1, help="Epochs. Default: 5 for images, 20 for text.")] = None,
+        min=1, max=10_000, help="Epochs. Default: 5 for images, 20 for text.")] = None,
     data: Annotated[str | None, typer.Option(
         help="fashion-mnist, bbc-news, or PATH: a .npz of images and labels or a .csv with "
              "text and label columns. Default: fashion-mnist for the CNN, bbc-news otherwise.")

@@ -23,7 +23,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.errors import OnnxtwinError, first_line
 
 app = typer.Typer(  # its help is the docstring of _root
     no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
@@ -228,6 +228,9 @@ def main() -> None:
         sys.exit(2)
     except OSError as e:  # a folder or file the user named cannot be made, read or written
         say(errors, f"error: {os_error(e)}")
+        sys.exit(2)
+    except MemoryError as e:  # numpy's line says how much: data too large for this machine
+        say(errors, f"error: expected data that fits in memory, got: {first_line(e)}")
         sys.exit(2)
     except Exception:
         # The SystemExit of SIGTERM can surface as another error: raised while a C extension
