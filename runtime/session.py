@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,19 +71,21 @@ class Session:
     keeps no per-call state). With `memory_limit` (bytes), a run whose estimated peak
     memory (`needed_bytes`) exceeds it is refused before anything is allocated; with
     `arena` off, onnxruntime returns a large run's memory to the system afterwards instead
-    of keeping it in its CPU arena.
+    of keeping it in its CPU arena. With `time_limit_s`, a longer run is stopped.
     """
 
     def __init__(self, path: str | os.PathLike[str], provider: str = "cpu", *,
                  strict: bool = False, threads: int = 0, optimization: str = "all",
                  check_finite: bool = False, spinning: bool = True,
-                 memory_limit: int | None = None, arena: bool = True) -> None:
+                 memory_limit: int | None = None, arena: bool = True,
+                 time_limit_s: float | None = None) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
         self.requested = provider.lower()
         self.check_finite = check_finite
         self.memory_limit = memory_limit
+        self.time_limit_s = time_limit_s
         wanted = resolve(self.requested, strict)
         options = ort.SessionOptions()
         options.enable_cpu_mem_arena = arena
@@ -170,13 +173,29 @@ class Session:
                                 f"shorter sequence fit)")
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Validate, run, and return every output by name."""
+        """Validate, run, and return every output by name. A run past `time_limit_s` is
+        stopped (onnxruntime's terminate flag) and refused with ResourceLimit."""
+        import onnxruntime as ort
+
         arrays = self.validate(inputs)
+        options = ort.RunOptions()
+        options.log_severity_level = 4  # fatal only, as the session's
+        timer = None
+        if self.time_limit_s is not None:
+            timer = threading.Timer(self.time_limit_s, setattr, (options, "terminate", True))
+            timer.start()
         try:
-            values = self._session.run(None, arrays)
+            values = self._session.run(None, arrays, options)
         except Exception as e:  # onnxruntime raises its own pybind types
+            if options.terminate:
+                raise ResourceLimit(f"{self.path.name}: expected a run within "
+                                    f"{self.time_limit_s} s, got one stopped after that on "
+                                    f"{_shapes(arrays)}") from None
             raise OnnxtwinError(f"{self.path.name}: expected onnxruntime to run it on "
                                 f"{_shapes(arrays)}, got: {first_line(e)}") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
         return {o.name: v for o, v in zip(self.outputs, values, strict=True)}
 
     def run_bound(self, inputs: Mapping[str, Any], device: str = "cuda",

@@ -569,7 +569,8 @@ def test_serve_options_out_of_bounds_are_refused(fields, message):
 
 def test_the_default_bounds():
     options = ServeOptions()
-    assert options.session_bounds == {"memory_limit": 2**30, "arena": False}
+    assert options.session_bounds == {"memory_limit": 2**30, "arena": False,
+                                      "time_limit_s": 60.0}
     assert options.inflight_budget == 4 * 64 * 2**20
 
 
@@ -598,3 +599,22 @@ def test_a_model_whose_rows_interact_is_served_unbatched_with_right_answers(mode
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_a_request_that_would_run_for_ever_is_stopped_and_the_model_answers_after(tmp_path):
+    from test_memory import counting_loop
+
+    options = ServeOptions(max_run_s=0.3)
+    with serving({"loop": opened(counting_loop(tmp_path / "loop.onnx"), options)},
+                 options) as port:
+        def count(m: int) -> tuple[int, dict]:
+            return infer(port, "loop", {"inputs": [
+                {"name": "M", "datatype": "INT64", "shape": [], "data": m}]})
+
+        start = time.monotonic()
+        assert count(10**12) == (413, {"error": "loop.onnx: expected a run within 0.3 s, got "
+                                                "one stopped after that on M int64[]"})
+        assert time.monotonic() - start < 2
+        status, body = count(3)
+        assert status == 200 and body["outputs"][0]["data"] == [3.0]
+        assert ready(port) == 200

@@ -166,3 +166,36 @@ def test_every_integer_width_is_a_known_input_type(tmp_path, dtype):
     assert str(session.inputs[0]) == f"{dtype}[batch, 3]"
     x = np.arange(6, dtype=dtype).reshape(2, 3)
     np.testing.assert_array_equal(session.run({"x": x})["y"], x)
+
+
+def counting_loop(path):
+    """v = 0; repeat M times: v += 1 (M a scalar input): a request sets how long it runs."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond"], ["cond_out"]),
+         helper.make_node("Add", ["v", "one"], ["v_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [])],
+        [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["M", "", "zero"], ["count"], body=body)], "loop",
+        [helper.make_tensor_value_info("M", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("count", TensorProto.FLOAT, [])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    return save(graph, path)
+
+
+def test_a_run_past_its_time_limit_is_stopped(tmp_path):
+    import time
+
+    session = Session(counting_loop(tmp_path / "loop.onnx"), time_limit_s=0.3)
+    assert session.run({"M": np.array(5)})["count"] == 5.0
+    start = time.monotonic()
+    with pytest.raises(ResourceLimit) as stopped:
+        session.run({"M": np.array(10**12)})
+    assert time.monotonic() - start < 2
+    assert str(stopped.value) == ("loop.onnx: expected a run within 0.3 s, got one stopped "
+                                  "after that on M int64[]")
+    assert session.run({"M": np.array(7)})["count"] == 7.0  # the session still runs

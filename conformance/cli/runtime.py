@@ -80,6 +80,9 @@ def serve(
     max_run_mb: Annotated[float, typer.Option(
         help="Most memory one run (a request or a batch) may need, estimated from the "
              "model's shapes before it runs; more gets HTTP 413.")] = MAX_RUN_MB,
+    max_run_s: Annotated[float, typer.Option(
+        help="Seconds one run (a request or a batch) may take; it is stopped after, "
+             "HTTP 413.")] = 60.0,
     max_inflight_mb: Annotated[float | None, typer.Option(
         help="Request bodies held at once over all connections; more gets HTTP 503. "
              "Default: 4 x --max-request-mb.")] = None,
@@ -110,6 +113,7 @@ def serve(
         max_queue=int(bounded("max_queue", max_queue, 1, 65536)),
         max_request_bytes=mebibytes("max_request_mb", max_request_mb, high=1024),
         max_run_bytes=mebibytes("max_run_mb", max_run_mb),
+        max_run_s=bounded("max_run_s", max_run_s, 0.001, 86_400),
         max_inflight_bytes=None if max_inflight_mb is None else
         mebibytes("max_inflight_mb", max_inflight_mb),
         header_timeout_s=bounded("header_timeout", header_timeout, 0.001, 3600),

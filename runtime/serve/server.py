@@ -81,6 +81,7 @@ class ServeOptions:
     body_timeout_s: float = 60.0  # its body within this of its headers; else 408
     idle_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
     max_connections: int = 1000  # open connections; one more is closed at once
+    max_run_s: float = 60.0  # a run (a request or a batch) is stopped after this; 413
 
     def __post_init__(self) -> None:
         lows = {"max_batch": 0, "max_delay_ms": 0, "max_queue": 1, "max_request_bytes": 1,
@@ -91,7 +92,7 @@ class ServeOptions:
             if value is not None and not value >= low:  # NaN too
                 raise OnnxtwinError(f"{name}: expected a number >= {low}, got {value}")
         for name in ("probe_timeout_s", "header_timeout_s", "body_timeout_s",
-                     "idle_timeout_s"):
+                     "idle_timeout_s", "max_run_s"):
             if not 0 < getattr(self, name) < math.inf:
                 raise OnnxtwinError(f"{name}: expected a number of seconds > 0, got "
                                     f"{getattr(self, name)}")
@@ -104,10 +105,12 @@ class ServeOptions:
 
     @property
     def session_bounds(self) -> dict[str, Any]:
-        """Session keywords for a served model: each run bounded by `max_run_bytes`, and
-        onnxruntime's CPU arena off, so that a large run's memory goes back to the system
-        afterwards instead of staying with the process."""
-        return {"memory_limit": self.max_run_bytes, "arena": False}
+        """Session keywords for a served model: each run bounded by `max_run_bytes` and
+        `max_run_s` (a request cannot hold a model for ever), and onnxruntime's CPU arena
+        off, so that a large run's memory goes back to the system afterwards instead of
+        staying with the process."""
+        return {"memory_limit": self.max_run_bytes, "arena": False,
+                "time_limit_s": self.max_run_s}
 
 
 class _HttpError(Exception):
