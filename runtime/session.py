@@ -84,6 +84,9 @@ class Session:
         self.path = Path(path)
         self.requested = provider.lower()
         self.check_finite = check_finite
+        for name, limit in (("memory_limit", memory_limit), ("time_limit_s", time_limit_s)):
+            if limit is not None and not 0 < limit < float("inf"):  # NaN too
+                raise OnnxtwinError(f"{name}: expected a positive number or None, got {limit}")
         self.memory_limit = memory_limit
         self.time_limit_s = time_limit_s
         wanted = resolve(self.requested, strict)
@@ -128,18 +131,18 @@ class Session:
                                 f" got {type(inputs).__name__}")
         expected = [i.name for i in self.inputs]
         missing = [n for n in expected if n not in inputs]
-        extra = sorted(set(inputs) - set(expected))
+        extra = sorted(set(inputs) - set(expected), key=str)
         if missing or extra:
             raise OnnxtwinError(f"{self.path.name}: expected inputs {expected}, got "
-                                f"{sorted(inputs)} (missing {missing}, unexpected {extra})")
+                                f"{sorted(inputs, key=str)} (missing {missing}, unexpected "
+                                f"{extra})")
         named: dict[str, tuple[int, str]] = {}
         arrays = {}
         for info in self.inputs:
-            array = native_order(np.asarray(inputs[info.name]))
-            _check_array(info, array, named, self.max_dims, self.check_finite)
-            arrays[info.name] = array
-        self.check_memory(self.run_dims(arrays))
-        return arrays
+            arrays[info.name] = _as_array(info, inputs[info.name])
+            _check_array(info, arrays[info.name], named, self.max_dims, self.check_finite)
+        self.check_memory(self.run_dims(arrays))  # before a byte-order copy doubles them
+        return {name: native_order(array) for name, array in arrays.items()}
 
     def run_dims(self, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
         """The size of each dynamic input dim in a run on `arrays` (validated), by name
@@ -221,6 +224,15 @@ class Session:
         self._session.run_with_iobinding(binding)
         return {o.name: v for o, v in zip(self.outputs, binding.copy_outputs_to_cpu(),
                                           strict=True)}
+
+
+def _as_array(info: TensorInfo, value: Any) -> np.ndarray:
+    """`value` as a numpy array, or one line (a ragged list has no shape)."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise OnnxtwinError(f"input {info.name!r}: expected an array of {info}, got a value "
+                            f"numpy cannot make one of ({first_line(e)})") from None
 
 
 def native_order(array: np.ndarray) -> np.ndarray:

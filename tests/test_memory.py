@@ -199,3 +199,19 @@ def test_a_run_past_its_time_limit_is_stopped(tmp_path):
     assert str(stopped.value) == ("loop.onnx: expected a run within 0.3 s, got one stopped "
                                   "after that on M int64[]")
     assert session.run({"M": np.array(7)})["count"] == 7.0  # the session still runs
+
+
+def test_odd_arguments_to_a_session_are_one_line(attention):
+    for name, value in (("memory_limit", float("nan")), ("memory_limit", -1),
+                        ("time_limit_s", 0)):
+        with pytest.raises(OnnxtwinError, match=f"^{name}: expected a positive number or "
+                                                f"None, got {value}$"):
+            Session(attention, **{name: value})
+    session = Session(attention)
+    x = np.ones((1, 2, WIDTH), np.float32)
+    with pytest.raises(OnnxtwinError, match=r"^attention.onnx: expected inputs \['x'\], got "
+                                            r"\[1, 'x'\] \(missing \[\], unexpected \[1\]\)$"):
+        session.run({"x": x, 1: x})
+    with pytest.raises(OnnxtwinError, match="^input 'x': expected an array of "
+                                            r"float32\[batch, seq, 8\], got a value numpy"):
+        session.run({"x": [[1.0], [1.0, 2.0]]})
