@@ -178,19 +178,19 @@ class Session:
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Validate, run, and return every output by name. A run past `time_limit_s` is
         stopped (onnxruntime's terminate flag) and refused with ResourceLimit."""
-        import onnxruntime as ort
-
         arrays = self.validate(inputs)
-        options = ort.RunOptions()
-        options.log_severity_level = 4  # fatal only, as the session's
-        timer = None
-        if self.time_limit_s is not None:
+        options = timer = None
+        if self.time_limit_s is not None:  # no RunOptions on the hot path otherwise
+            import onnxruntime as ort
+
+            options = ort.RunOptions()
+            options.log_severity_level = 4  # fatal only, as the session's
             timer = threading.Timer(self.time_limit_s, setattr, (options, "terminate", True))
             timer.start()
         try:
             values = self._session.run(None, arrays, options)
         except Exception as e:  # onnxruntime raises its own pybind types
-            if options.terminate:
+            if options is not None and options.terminate:
                 raise ResourceLimit(f"{self.path.name}: expected a run within "
                                     f"{self.time_limit_s} s, got one stopped after that on "
                                     f"{_shapes(arrays)}") from None
@@ -308,10 +308,10 @@ def _check_array(info: TensorInfo, array: np.ndarray, named: dict[str, tuple[int
         if isinstance(want, int) and size != want:
             raise OnnxtwinError(f"input {info.name!r}: expected size {want} in dim {axis} "
                                 f"({info}), {given}")
-        if isinstance(want, str) and size > max_dims.get(want, size):
-            raise OnnxtwinError(f"input {info.name!r}: expected {want} <= {max_dims[want]} (the "
-                                f"largest the model takes), {given}")
         if isinstance(want, str):
+            if size > max_dims.get(want, size):
+                raise OnnxtwinError(f"input {info.name!r}: expected {want} <= {max_dims[want]} "
+                                    f"(the largest the model takes), {given}")
             seen = named.setdefault(want, (size, info.name))
             if seen[0] != size:
                 raise OnnxtwinError(f"input {info.name!r}: expected {want}={seen[0]} as in "

@@ -531,8 +531,8 @@ def test_chunked_bodies_are_read_and_double_framing_is_refused(port, framing, st
 def test_model_names_must_be_safe_url_path_parts(name):
     with pytest.raises(OnnxtwinError) as e:
         model_names([Path(f"/models/{name}.onnx")])
-    assert str(e.value) == ("model name: expected 1 to 64 letters, digits, '_', '.' or '-', "
-                            f"starting with a letter or digit, got {name!r}")
+    assert str(e.value) == ("model name: expected 1 to 64 ASCII letters, digits, '_', '.' or "
+                            f"'-', starting with a letter or digit, got {name!r}")
     assert "\n" not in str(e.value)
 
 

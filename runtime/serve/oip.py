@@ -29,9 +29,9 @@ DATATYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "ui
              "UINT64": "uint64", "INT8": "int8", "INT16": "int16", "INT32": "int32",
              "INT64": "int64", "FP16": "float16", "FP32": "float32", "FP64": "float64"}
 PROTOCOL_DATATYPE = {v: k for k, v in DATATYPES.items()}
-ORT_DATATYPE = {"tensor(string)": "BYTES", "tensor(int16)": "INT16", "tensor(uint16)": "UINT16",
-                "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64"}
-"""Protocol types of onnxruntime element types that TensorInfo keeps as onnxruntime names."""
+ORT_DATATYPE = {"tensor(string)": "BYTES"}
+"""Protocol types of onnxruntime element types that TensorInfo keeps as onnxruntime names
+(session.ORT_DTYPES maps every numeric one to numpy's)."""
 HEADER_LENGTH = "Inference-Header-Content-Length"
 """HTTP header giving the JSON part's length when binary tensor data follows it."""
 MAX_RANK = 32  # numpy 1's limit, which clients written for Triton assume

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import socket
 from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from onnxtwin.runtime.errors import OnnxtwinError, ResourceLimit, first_line
+from onnxtwin.runtime.files import safe_name
 from onnxtwin.runtime.serve.batching import (
     Scheduler,
     Unavailable,
@@ -58,8 +58,6 @@ from onnxtwin.runtime.serve.oip import (
 from onnxtwin.runtime.session import DEFAULT_MEMORY_LIMIT, Session, TensorInfo
 
 MODEL_VERSION = "1"
-MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-"""A model name is a URL path part: letters, digits, '_', '.', '-', never '.' or '..'."""
 INLINE_BYTES = 2**16
 """Bodies and outputs up to this size are decoded and encoded on the event loop (well
 under a millisecond); larger ones on the server's worker thread."""
@@ -336,17 +334,9 @@ def probe_inputs(inputs: tuple[TensorInfo, ...]) -> dict[str, np.ndarray]:
             for i in inputs}
 
 
-def check_name(name: str) -> str:
-    """`name` if it is a safe URL path part (MODEL_NAME), else one line."""
-    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
-        raise OnnxtwinError(f"model name: expected 1 to 64 letters, digits, '_', '.' or '-', "
-                            f"starting with a letter or digit, got {name!r}")
-    return name
-
-
 def check_servable(name: str, session: Session) -> None:
     """Refuse, in one line, a model the protocol cannot serve."""
-    check_name(name)
+    safe_name(name, "model name")  # a URL path part
     for info in session.inputs:
         if info.dtype not in DATATYPES.values():
             raise OnnxtwinError(f"model {name!r}: expected inputs of the protocol's datatypes "
@@ -359,10 +349,10 @@ def check_servable(name: str, session: Session) -> None:
 
 def model_names(paths: list[Any]) -> dict[str, Any]:
     """Model name (the file name without .onnx) -> path; names must be safe URL path parts
-    (MODEL_NAME) and differ."""
+    (files.safe_name) and differ."""
     named: dict[str, Any] = {}
     for path in paths:
-        name = check_name(path.name.removesuffix(".onnx"))
+        name = safe_name(path.name.removesuffix(".onnx"), "model name")
         if name in named:
             raise OnnxtwinError(f"{path}: expected model files with different names, got "
                                 f"{name!r} twice ({named[name]})")
