@@ -32,6 +32,7 @@ import numpy as np
 
 POINTS = {"cnn": [{"batch": 64}, {"batch": 1024}],
           "lstm": [{"batch": 64, "seq": 50}, {"batch": 8, "seq": 2048}],
+          "gru": [{"batch": 64, "seq": 50}, {"batch": 512, "seq": 2048}],
           "transformer": [{"batch": 64, "seq": 50}, {"batch": 64, "seq": 200},
                           {"batch": 2, "seq": 2048}, {"batch": 7, "seq": 2048}]}
 

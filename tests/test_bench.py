@@ -145,6 +145,7 @@ def test_bench_command_writes_json_markdown_and_html(tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--rounds", "0"], "expected --rounds, --calls, --seq and --batch >= 1, got 0"),
+    (["--seq", "1000000000"], "seq: expected a number <= 65536, got 1000000000"),
     (["-m", "nope"], "unknown model 'nope'"),
 ])
 def test_bench_usage_errors_are_one_line(tmp_path, args, message):

@@ -10,6 +10,7 @@ import typer
 from onnxtwin.conformance.cli.core import (
     SpecOption,
     app,
+    bounded,
     console,
     quiet_tensorflow,
     result_table,
@@ -55,6 +56,9 @@ def bench(
     if rounds < 1 or calls < 1 or seq < 1 or any(b < 1 for b in batch or ()):
         raise OnnxtwinError(f"expected --rounds, --calls, --seq and --batch >= 1, got "
                             f"{rounds}, {calls}, {seq}, {batch}")
+    for name, value, high in (("rounds", rounds, 1000), ("calls", calls, 10_000),
+                              ("seq", seq, 65_536), *(("batch", b, 65_536) for b in batch or ())):
+        bounded(name, value, 1, high)  # before any input is sized from it
     quiet_tensorflow()
     from onnxtwin.conformance.bench.report import (
         TARGET_COLUMNS,
