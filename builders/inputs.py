@@ -12,7 +12,8 @@ from onnxtwin.runtime.errors import OnnxtwinError
 
 def sample_inputs(model: ModelSpec | Signature, dims: Mapping[str, int] | None = None,
                   seed: int = 0, **named: int | None) -> dict[str, np.ndarray]:
-    """Seeded inputs for every signature input: floats in [0, 1); token rows left-padded with 0.
+    """Seeded inputs for every signature input: floats in [0, 1); token rows left-padded with 0;
+    an input with a declared `range` uniform in [low, high) (integers or floats by dtype).
 
     Sizes of named dims come from `dims` and keywords: `sample_inputs(spec, batch=7, seq=12)`.
     Row 0 is never padded; with more than one row and column the last row is half
@@ -28,6 +29,9 @@ def sample_inputs(model: ModelSpec | Signature, dims: Mapping[str, int] | None =
             given = ", ".join(f"{d}={sizes.get(d)}" for d in signature.dims)
             raise OnnxtwinError(f"input {t.name!r}: expected positive sizes for {t.shape}, "
                                 f"got {given}")
+        if t.range is not None:
+            out[t.name] = _uniform(rng, t.dtype, shape, *t.range)
+            continue
         if t.vocab is None:
             out[t.name] = rng.random(shape, dtype=np.float32)
             continue
@@ -39,3 +43,14 @@ def sample_inputs(model: ModelSpec | Signature, dims: Mapping[str, int] | None =
         tokens[np.arange(shape[1]) < (shape[1] - lengths)[:, None]] = 0
         out[t.name] = tokens
     return out
+
+
+def _uniform(rng: np.random.Generator, dtype: str, shape: tuple[int, ...], low: float,
+             high: float) -> np.ndarray:
+    """Values of `dtype` drawn uniformly in [low, high); booleans are fair coins."""
+    kind = np.dtype(dtype).kind
+    if kind == "b":
+        return rng.random(shape) < 0.5
+    if kind in "iu":
+        return rng.integers(int(low), int(high), size=shape).astype(dtype)
+    return (low + (high - low) * rng.random(shape)).astype(dtype)

@@ -32,14 +32,18 @@ class TorchPath(ModelPath):
 
 
 class KerasPath(ModelPath):
-    """A Keras model called eagerly (a list of inputs when it has several)."""
+    """A Keras model called eagerly (a list of inputs when it has several). An input flagged
+    in `channels_last` is given channels-first and moved (axis 1 last) for the model."""
 
     def __init__(self, model, inputs: Sequence[str], outputs: Sequence[str],
-                 name: str = "keras") -> None:
+                 name: str = "keras", channels_last: Sequence[bool] = ()) -> None:
         super().__init__(PathInfo(name, "keras"), inputs, outputs)
         self.model = model
+        self.channels_last = tuple(channels_last) or (False,) * len(self.input_names)
 
     def _run(self, args: list[np.ndarray]):
+        args = [np.moveaxis(a, 1, -1) if moved else a
+                for a, moved in zip(args, self.channels_last, strict=True)]
         result = self.model(args[0] if len(args) == 1 else args, training=False)
         return _outputs(result, np.asarray)
 

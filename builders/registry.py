@@ -10,6 +10,9 @@ spec's; omitted ones keep their defaults):
     family = "rnn"
     cell = "gru"
     hidden = [16, 8]
+
+The same file holds a user's own models (onnxtwin.builders.factory_entry: `torch` and/or
+`keras` factories) and ONNX files (onnxtwin.builders.onnx_entry: `onnx = "file.onnx"`).
 """
 
 from __future__ import annotations
@@ -138,9 +141,28 @@ def toml_specs(document: dict, path: str | Path) -> list[ModelSpec]:
     specs = []
     for name, table in models.items():
         safe_name(name, f"spec file {path}: model name")
-        if not isinstance(table, dict) or "family" not in table:
-            raise OnnxtwinError(f"spec file {path}: model {name!r} expected a table with "
-                                f"'family', got {shown(table)}")
-        params = dict(table)
-        specs.append(make_spec(params.pop("family"), name, **params))
+        kinds = [k for k in ENTRY_KINDS if isinstance(table, dict) and k in table]
+        if not isinstance(table, dict) or not kinds or ("family" in kinds and len(kinds) > 1) \
+                or ("onnx" in kinds and len(kinds) > 1):
+            raise OnnxtwinError(f"spec file {path}: model {name!r} expected a table with one "
+                                f"of 'family', 'onnx', or 'torch' and/or 'keras', got "
+                                f"{shown(sorted(table) if isinstance(table, dict) else table)}")
+        specs.append(_entry_spec(name, dict(table), kinds[0], Path(path).parent))
     return specs
+
+
+ENTRY_KINDS = ("family", "onnx", "torch", "keras")
+"""The key that says what a `[models.NAME]` table is: a family variant, an ONNX file, or a
+user's own model (torch and/or keras factories)."""
+
+
+def _entry_spec(name: str, table: dict, kind: str, base: Path) -> ModelSpec:
+    if kind == "family":
+        return make_spec(table.pop("family"), name, **table)
+    if kind == "onnx":
+        from onnxtwin.builders.onnx_entry import onnx_spec
+
+        return onnx_spec(name, table, base)
+    from onnxtwin.builders.factory_entry import factory_spec
+
+    return factory_spec(name, table, base)

@@ -36,6 +36,10 @@ class TensorSpec:
     shape: tuple[Dim, ...]
     vocab: int | None = None
     """For token inputs: valid ids are 0 <= id < vocab."""
+    range: tuple[float, float] | None = None
+    """Where sample values are drawn, [low, high): a user entry's declared range."""
+    channels_last: bool = False
+    """The Keras model takes this (channels-first) input with its axis 1 moved last."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,10 @@ class ModelSpec:
     """
 
     family: ClassVar[str]
+    frameworks: ClassVar[tuple[str, ...]] = ("torch", "keras")
+    """The sides a model of this spec has (a user entry may have one)."""
+    default_source: ClassVar[str] = "torch"
+    """Whose initialisation (or weights) the other side receives by default."""
     GATE_GRID: ClassVar[Mapping[str, tuple[int, ...]]] = grids.GATE
     MATRIX_GRID: ClassVar[Mapping[str, tuple[int, ...]]] = grids.MATRIX
     TOLERANCE: ClassVar[float] = FLOAT32_ABS_TOLERANCE
@@ -122,6 +130,26 @@ class ModelSpec:
     def layer_maps(self) -> list:
         """The LayerMaps (onnxtwin.builders.layers) of every parameterised layer, in call order."""
         raise NotImplementedError
+
+    def load_weights(self, model):
+        """The source model with the spec's weights file loaded (families have none)."""
+        return model
+
+    def check_runs(self, twins) -> None:
+        """Raise OnnxtwinError if the twins cannot run at the spec's points (families can)."""
+
+    def keras_float64(self, model):
+        """The Keras model in float64: the oracle of an entry without torch."""
+        raise NotImplementedError
+
+    def match_layers(self, torch_model, keras_model) -> list:
+        """The LayerMaps between two models of this spec: a family knows them from its
+        hyper-parameters; a user's pair finds them by running both (builders.matching)."""
+        return self.layer_maps()
+
+    def example_dims(self) -> dict[str, int]:
+        """The sizes at which the torch exporter traces the model (grids.EXPORT_EXAMPLE)."""
+        return grids.restrict(grids.EXPORT_EXAMPLE, self.signature.dims)
 
     def gate_points(self) -> list[dict[str, int]]:
         """The points of GATE_GRID over this signature's dims, within its max_dims."""

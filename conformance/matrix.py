@@ -25,7 +25,7 @@ from onnxtwin.builders.paths import ORACLE
 from onnxtwin.builders.signature import ModelSpec
 from onnxtwin.conformance.accuracy import AccuracyResult, evaluate
 from onnxtwin.conformance.localise import Localisation, localise
-from onnxtwin.export import FRAMEWORKS, ExportResult, export_model, graph_differences
+from onnxtwin.export import ExportResult, export_model, graph_differences
 from onnxtwin.runtime import Session, Timing, measure
 from onnxtwin.runtime.comparison import Case, Check, Comparisons, compare_paths, describe
 from onnxtwin.runtime.paths import ModelPath, OnnxPath, PathInfo
@@ -82,7 +82,7 @@ class ModelResult:
 
 def step_count(spec: ModelSpec, with_data: bool = False) -> int:
     """How many times run_matrix calls `on_step` for this spec (for progress bars)."""
-    return len(FRAMEWORKS) + len(spec.matrix_points()) + 1 + with_data
+    return len(spec.frameworks) + len(spec.matrix_points()) + 1 + with_data
 
 
 def run_matrix(twins: Twins, out_dir: str | Path, providers: list[str], options: CheckOptions,
@@ -95,7 +95,7 @@ def run_matrix(twins: Twins, out_dir: str | Path, providers: list[str], options:
     spec, start = twins.spec, time.perf_counter()
     inputs: Inputs = data.inputs if data is not None else sample_inputs
     exports = []
-    for framework in FRAMEWORKS:
+    for framework in twins.frameworks:
         on_step(f"{spec.name}: exporting from {framework}")
         exports.append(export_model(twins, framework, out_dir, opset=options.opset,
                                     use_cache=options.use_cache))
@@ -126,8 +126,9 @@ def run_matrix(twins: Twins, out_dir: str | Path, providers: list[str], options:
 
 def model_paths(twins: Twins, exports: list[ExportResult],
                 providers: list[str]) -> list[ModelPath]:
-    """torch, keras (its tf.function), and each exported file on each provider."""
-    paths: list[ModelPath] = [twins.torch, twins.keras_compiled]
+    """torch, keras (its tf.function), and each exported file on each provider (an entry
+    with one framework: its side only)."""
+    paths: list[ModelPath] = [twins.path(f, compiled=True) for f in twins.frameworks]
     for alias, export in itertools.product(providers, exports):
         session = Session(export.path, alias, strict=True)
         paths.append(OnnxPath(session, f"{export.framework}.onnx@{alias}", export.framework))
@@ -137,6 +138,8 @@ def model_paths(twins: Twins, exports: list[ExportResult],
 def _localise_if_twins_differ(twins: Twins, checks: tuple[Check, ...], inputs: Inputs,
                               seed: int) -> Localisation | None:
     """Localise at the first point where torch and Keras disagree; None if they never do."""
+    if len(twins.frameworks) < 2:
+        return None
     failing = next((c for c in checks if not c.passed and {c.actual, c.expected} ==
                     {"torch", "keras"}), None)
     if failing is None:

@@ -47,5 +47,6 @@ def native_parity(twins: Twins, tolerance: float | None = None,
     tolerance = twins.spec.TOLERANCE if tolerance is None else tolerance
     cases = (Case(dims, sample_inputs(twins.spec, dims, seed=seed))
              for dims in twins.spec.gate_points())
-    result = compare_paths([twins.torch, twins.keras], twins.oracle(), cases, tolerance)
+    result = compare_paths([twins.path(f) for f in twins.frameworks], twins.oracle(), cases,
+                           tolerance)
     return NativeParity(twins.spec.name, tolerance, result)

@@ -68,6 +68,13 @@ def check(specs: list[ModelSpec], out_dir: str | Path, options: CheckOptions = C
     trained = options.trained
     results = []
     for spec in specs:
+        if spec.family == "onnx":  # an ONNX file: no twins, onnx.reference is the oracle
+            from onnxtwin.conformance.onnx_matrix import run_onnx_matrix
+            from onnxtwin.conformance.onnx_matrix import step_count as onnx_steps
+
+            step = on_model(spec, onnx_steps(spec, ran_on))
+            results.append(run_onnx_matrix(spec, ran_on, options, step))
+            continue
         step = on_model(spec, step_count(spec, trained is not None) + 1)  # +1: the twins
         step(f"{spec.name}: " + ("loading trained twins and their data" if trained
                                  else "building twins"))

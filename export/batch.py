@@ -38,7 +38,7 @@ def export_all(specs: Sequence[ModelSpec], frameworks: Sequence[str], out: str |
             on_step(f"building {spec.name} ...")
             twins = build_twins(spec, seed=seed)
             results = []
-            for framework in frameworks:
+            for framework in (f for f in frameworks if f in twins.frameworks):
                 on_step(f"exporting {spec.name} from {framework} ...")
                 results.append(export_model(twins, framework, out, opset=opset,
                                             use_cache=use_cache))

@@ -53,7 +53,7 @@ class ExportResult:
 
 def framework_path(twins: Twins, framework: str) -> ModelPath:
     """The path a file exported from `framework` is gated against: the twin it came from."""
-    return twins.torch if framework == "torch" else twins.keras
+    return twins.path(framework)
 
 
 def check_request(framework: str, opset: int) -> None:

@@ -32,10 +32,10 @@ def rnn_while_loop_decompositions() -> Iterator[None]:
 
 
 def export_torch(twins: Twins, opset: int) -> onnx.ModelProto:
-    """Trace the torch twin at the example shape (grids.EXPORT_EXAMPLE) with every named dim
+    """Trace the torch twin at the example shape (spec.example_dims()) with every named dim
     dynamic; the gate then runs other sizes."""
     spec = twins.spec
-    example = sample_inputs(spec, grids.EXPORT_EXAMPLE, seed=grids.EXAMPLE_SEED)
+    example = sample_inputs(spec, spec.example_dims(), seed=grids.EXAMPLE_SEED)
     args = tuple(torch.from_numpy(example[t.name]) for t in spec.signature.inputs)
     dynamic = {t.name: {i: torch.export.Dim.DYNAMIC for i, d in enumerate(t.shape)
                         if isinstance(d, str)} for t in spec.signature.inputs}

@@ -74,7 +74,7 @@ def test_user_variants_from_toml(tmp_path, clean_registry):
 
 @pytest.mark.parametrize(("text", "message"), [
     ('[models.a]\nfamily = "rnn"\ncell = \n', r"expected valid TOML, got .*\(at line 3"),
-    ('[models.a]\ncell = "gru"\n', r"model 'a' expected a table with 'family'"),
+    ('[models.a]\ncell = "gru"\n', r"model 'a' expected a table with one of 'family', 'onnx'"),
     ('[model.a]\nfamily = "rnn"\n', r"expected \[models.NAME\] tables, got top-level keys"),
 ])
 def test_bad_toml_is_refused(tmp_path, text, message, clean_registry):

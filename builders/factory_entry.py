@@ -1,0 +1,397 @@
+"""A user's own model as an entry: a torch factory, a Keras factory, or a pair of them.
+
+    [models.my-cnn]
+    torch = "my_models.py:build_torch"     # FILE.py:CALLABLE (relative to the TOML file)
+    keras = "my_models.py:build_keras"     #   or package.module:CALLABLE
+    source = "torch"                       # whose weights the other side receives
+    weights = "my_cnn.safetensors"         # optional: the source side's weights
+    inputs = [{ name = "image", dtype = "float32", shape = ["batch", 3, 32, 32],
+                channels_last = true }]
+    outputs = ["logits"]
+    dims = { batch = [1, 7] }
+
+A pair's weights go from `source` to the other model through the layers matched by
+onnxtwin.builders.matching; one model is exported and checked against itself and its
+float64 run. The output dtypes and shapes are found by running the source model.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxtwin.builders.entries import EntrySpec, file_hash, parse_dims, refuse
+from onnxtwin.builders.signature import MAX_WIDTH, Signature, TensorSpec
+from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.files import safe_name
+
+SIDES = ("torch", "keras")
+KEYS = frozenset({*SIDES, "source", "weights", "inputs", "outputs", "dims", "example"})
+INPUT_KEYS = frozenset({"name", "dtype", "shape", "range", "channels_last"})
+DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+MAX_RANK = 8
+DEFAULT_INT_RANGE = (0, 10)
+"""Where integer inputs without a declared `range` are drawn: ids valid for any table."""
+Factory = Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class FactorySpec(EntrySpec):
+    """A user's torch and/or Keras model, built by factories; see the module docstring."""
+
+    family = "user"
+    factories: Mapping[str, str] = field(default_factory=dict)
+    """side -> the factory as written ("file.py:fn", "package.module:fn", or a repr)."""
+    source: str = "torch"
+    weights: str | None = None
+    inputs: tuple[TensorSpec, ...] = ()
+    output_names: tuple[str, ...] = ()
+    example: tuple[tuple[str, int], ...] = ()
+    code: str = ""
+    """sha256 of the factories' source files: a changed model never hits a stale export."""
+    callables: Mapping[str, Factory] = field(default_factory=dict, compare=False, hash=False,
+                                             repr=False)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.source, self.weights, self.inputs, self.output_names,
+                     self.grid, self.code, tuple(sorted(self.factories.items()))))
+
+    @property
+    def frameworks(self) -> tuple[str, ...]:
+        return tuple(s for s in SIDES if s in self.callables)
+
+    @property
+    def default_source(self) -> str:
+        return self.source
+
+    @property
+    def signature(self) -> Signature:
+        return Signature(self.inputs, _outputs(self))
+
+    @property
+    def input_signature(self) -> Signature:
+        """The inputs alone: what running a model needs (the outputs are found by running)."""
+        return Signature(self.inputs, ())
+
+    @property
+    def input_dims(self) -> tuple[str, ...]:
+        return self.input_signature.dims
+
+    def example_dims(self) -> dict[str, int]:
+        return {**super().example_dims(), **dict(self.example)}
+
+    def torch_model(self):
+        """A new torch model from the factory, in eval mode."""
+        import torch
+
+        return self._make("torch", torch.nn.Module, "a torch.nn.Module").eval()
+
+    def keras_model(self):
+        """A new Keras model from the factory, built by one call on the example inputs (a
+        subclassed model has no weights before its first call)."""
+        from onnxtwin.builders.keras_support import keras
+
+        model = self._make("keras", keras.Model, "a keras.Model")
+        try:
+            model(keras_args(self.input_signature, self.sample(self.example_dims())), training=False)
+        except Exception as e:  # the user's model: any error, said in one line
+            raise refuse(self.name, f"the keras model to take the declared inputs at "
+                         f"{self.example_dims()}", f"{type(e).__name__}: {_line(e)}") from None
+        return model
+
+    def match_layers(self, torch_model, keras_model) -> list:
+        from onnxtwin.builders.matching import match_layers
+
+        x = self.sample(self.example_dims())
+        torch_args = [x[t.name] for t in self.inputs]
+        try:
+            return match_layers(torch_model, keras_model, torch_args,
+                                keras_args(self.input_signature, x, listed=True))
+        except OnnxtwinError as e:
+            raise OnnxtwinError(f"model {self.name!r}: {e}") from None
+
+    def load_weights(self, model):
+        """The source model with the entry's `weights` file loaded: torch safetensors (names
+        and shapes checked), Keras .weights.h5 or .keras."""
+        if self.weights is None:
+            return model
+        from onnxtwin.builders.weights import load_torch_state, read_weights
+
+        what = f"model {self.name!r}: weights {self.weights}"
+        if self.source == "torch":
+            load_torch_state(model, read_weights(self.weights)[0], what)
+            return model
+        try:
+            model.load_weights(self.weights)
+        except Exception as e:  # Keras raises several types for a wrong file
+            raise OnnxtwinError(f"{what}: expected Keras weights of this model (.weights.h5 "
+                                f"or .keras), got {type(e).__name__}: {_line(e)}") from None
+        return model
+
+    def keras_float64(self, model):
+        from onnxtwin.builders.keras_support import float64_twin
+
+        args = keras_args(self.input_signature, self.sample(self.example_dims()))
+        return float64_twin(self.callables["keras"], model, args)
+
+    def check_runs(self, twins) -> None:
+        """Run each side at every point of the grid: a declared input the model rejects is
+        one line naming the entry and the point, before anything is exported."""
+        for side in twins.frameworks:
+            path = twins.path(side)
+            for dims in self.matrix_points():
+                try:
+                    path.run(self.sample(dims))
+                except OnnxtwinError as e:
+                    raise refuse(self.name, f"the {side} model to take the declared inputs "
+                                 f"at {dims}", str(e)) from None
+
+    def sample(self, dims: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+        from onnxtwin.builders.inputs import sample_inputs
+
+        return sample_inputs(self.input_signature, dims, seed=seed)
+
+    def hyperparameters(self) -> dict[str, object]:
+        return {"factories": dict(self.factories), "source": self.source,
+                "weights": self.weights, "code_sha256": self.code,
+                "inputs": [_input_record(t) for t in self.inputs],
+                "outputs": list(self.output_names), **super().hyperparameters()}
+
+    def _make(self, side: str, kind: type, expected: str):
+        if side not in self.callables:
+            raise refuse(self.name, f"a {side} factory", "none")
+        factory = self.callables[side]
+        try:
+            model = factory()
+        except Exception as e:  # the user's factory: any error, said in one line
+            raise refuse(self.name, f"the {side} factory {self.factories[side]} to return "
+                         f"{expected}", f"{type(e).__name__}: {_line(e)}") from None
+        if not isinstance(model, kind):
+            raise refuse(self.name, f"the {side} factory {self.factories[side]} to return "
+                         f"{expected}", type(model).__name__)
+        return model
+
+
+def keras_args(signature: Signature, inputs: Mapping[str, np.ndarray], listed: bool = False):
+    """The Keras model's argument: the inputs in order (channels-last ones moved), one array
+    alone unless `listed`."""
+    args = [np.moveaxis(inputs[t.name], 1, -1) if t.channels_last else inputs[t.name]
+            for t in signature.inputs]
+    return args if listed or len(args) > 1 else args[0]
+
+
+@functools.cache
+def _outputs(spec: FactorySpec) -> tuple[TensorSpec, ...]:
+    """Output dtypes and shapes, from the source model run at the example and at the
+    example with every dim one larger: an axis that follows a dim is named for it, one
+    that changes otherwise is named NAME_AXIS, one that stays is fixed."""
+    from onnxtwin.builders.paths import KerasPath, TorchPath
+
+    first = spec.example_dims()
+    second = {d: v + 1 for d, v in first.items()}
+    side = spec.source if spec.source in spec.frameworks else spec.frameworks[0]
+    model = spec.torch_model() if side == "torch" else spec.keras_model()
+    names = [t.name for t in spec.inputs]
+    path = TorchPath(model, names, spec.output_names) if side == "torch" else \
+        KerasPath(model, names, spec.output_names,
+                  channels_last=[t.channels_last for t in spec.inputs])
+    runs = []
+    for dims in (first, second):
+        try:
+            runs.append(path.run(spec.sample(dims)))
+        except OnnxtwinError as e:
+            raise refuse(spec.name, f"the {side} model to take the declared inputs at {dims}",
+                         str(e)) from None
+    specs = []
+    for name, a in runs[0].items():
+        b = runs[1][name]
+        if a.ndim != b.ndim:
+            raise refuse(spec.name, f"output {name!r} to keep its rank as dims grow",
+                         f"{a.shape} then {b.shape}")
+        shape: list[int | str] = []
+        for axis, (m, n) in enumerate(zip(a.shape, b.shape, strict=True)):
+            dim = next((d for d in first if first[d] == m and second[d] == n), None)
+            shape.append(m if m == n else dim or f"{name}_{axis}")
+        specs.append(TensorSpec(name, a.dtype.name, tuple(shape)))
+    return tuple(specs)
+
+
+def _line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def _input_record(t: TensorSpec) -> dict:
+    return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape),
+            "range": None if t.range is None else list(t.range),
+            "channels_last": t.channels_last}
+
+
+# -- parsing ------------------------------------------------------------------------------
+
+def factory_spec(name: str, table: Mapping[str, object], base: Path) -> FactorySpec:
+    """The spec of one `[models.NAME]` table with `torch` and/or `keras` factories."""
+    unknown = sorted(set(table) - KEYS)
+    if unknown:
+        raise refuse(name, f"keys among {sorted(KEYS)}", unknown)
+    sides = [s for s in SIDES if s in table]
+    refs = {s: _text(name, s, table[s]) for s in sides}
+    source = table.get("source", sides[0])
+    if source not in sides:
+        raise refuse(name, f"source to be one of the entry's factories {sides}", source)
+    inputs = parse_inputs(name, table.get("inputs"))
+    outputs = parse_outputs(name, table.get("outputs"))
+    signature_dims = Signature(inputs, ()).dims
+    grid = parse_dims(name, table.get("dims"), signature_dims)
+    example = parse_example(name, table.get("example"), signature_dims)
+    weights = None
+    if "weights" in table:
+        weights = str(_existing(name, "weights", base / _text(name, "weights",
+                                                             table["weights"])))
+    callables, files = {}, []
+    for side, ref in refs.items():
+        callables[side], origin = load_factory(name, side, ref, base)
+        files.append(origin)
+    code = "".join(file_hash(f) for f in files if f is not None)
+    return FactorySpec(name=name, grid=grid, factories=refs, source=source, weights=weights,
+                       inputs=inputs, output_names=outputs, example=example, code=code,
+                       callables=callables)
+
+
+def parse_inputs(entry: str, value: object) -> tuple[TensorSpec, ...]:
+    """`inputs = [{name, dtype, shape, range?, channels_last?}, ...]`, each checked."""
+    if not isinstance(value, list) or not value:
+        raise refuse(entry, "inputs as a non-empty list of {name, dtype, shape} tables", value)
+    specs = []
+    for i, item in enumerate(value):
+        where = f"inputs[{i}]"
+        if not isinstance(item, Mapping) or not {"name", "dtype", "shape"} <= set(item):
+            raise refuse(entry, f"{where} as a table with name, dtype and shape", item)
+        unknown = sorted(set(item) - INPUT_KEYS)
+        if unknown:
+            raise refuse(entry, f"{where} keys among {sorted(INPUT_KEYS)}", unknown)
+        name = safe_name(item["name"], f"model {entry!r}: {where}.name")
+        dtype, shape = item["dtype"], item["shape"]
+        if dtype not in DTYPES:
+            raise refuse(entry, f"{where}.dtype one of {list(DTYPES)}", dtype)
+        if (not isinstance(shape, list) or not 1 <= len(shape) <= MAX_RANK or not all(
+                (type(d) is int and 1 <= d <= MAX_WIDTH) or (isinstance(d, str) and d)
+                for d in shape)):
+            raise refuse(entry, f"{where}.shape as 1 to {MAX_RANK} sizes in [1, {MAX_WIDTH}] "
+                         "or dim names", shape)
+        for d in shape:
+            if isinstance(d, str):
+                safe_name(d, f"model {entry!r}: {where}.shape dim name")
+        channels_last = item.get("channels_last", False)
+        if type(channels_last) is not bool or (channels_last and len(shape) < 3):
+            raise refuse(entry, f"{where}.channels_last as true or false (true needs rank "
+                         ">= 3)", channels_last)
+        specs.append(TensorSpec(name, dtype, tuple(shape),
+                                range=_range(entry, where, item.get("range"), dtype),
+                                channels_last=channels_last))
+    if len({t.name for t in specs}) != len(specs):
+        raise refuse(entry, "distinct input names", [t.name for t in specs])
+    return tuple(specs)
+
+
+def _range(entry: str, where: str, value: object, dtype: str) -> tuple[float, float] | None:
+    kind = np.dtype(dtype).kind
+    if value is None:
+        return DEFAULT_INT_RANGE if kind in "iu" else None
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(type(v) in (int, float) and np.isfinite(v) for v in value)
+            or not value[0] < value[1] or (kind in "iu" and not all(type(v) is int
+                                                                      for v in value))):
+        raise refuse(entry, f"{where}.range as [low, high) with low < high"
+                     + (" (ints)" if kind in "iu" else ""), value)
+    if kind in "iu":
+        info = np.iinfo(dtype)
+        if value[0] < info.min or value[1] - 1 > info.max:
+            raise refuse(entry, f"{where}.range within {dtype}", value)
+    return (value[0], value[1])
+
+
+def parse_outputs(entry: str, value: object) -> tuple[str, ...]:
+    """`outputs = ["logits", ...]`: names in order (absent: output_0, output_1, ...)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise refuse(entry, "outputs as a non-empty list of names", value)
+    for v in value:
+        safe_name(v, f"model {entry!r}: output name")
+    if len(set(value)) != len(value):
+        raise refuse(entry, "distinct output names", value)
+    return tuple(value)
+
+
+def parse_example(entry: str, value: object, dims: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """`example = {dim = size}`: where the torch exporter traces (sizes >= 2, distinct)."""
+    if value is None:
+        return ()
+    if (not isinstance(value, Mapping) or not set(value) <= set(dims)
+            or not all(type(v) is int and 2 <= v <= 2**16 for v in value.values())):
+        raise refuse(entry, f"example as {{dim = size >= 2}} over the dims {list(dims)}", value)
+    return tuple(value.items())
+
+
+def _text(entry: str, key: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise refuse(entry, f"{key} as a non-empty string", value)
+    return value
+
+
+def _existing(entry: str, key: str, path: Path) -> Path:
+    if not path.is_file():
+        raise refuse(entry, f"{key} to name an existing file", str(path))
+    return path
+
+
+def load_factory(entry: str, side: str, ref: str, base: Path) -> tuple[Factory, Path | None]:
+    """Import `FILE.py:CALLABLE` (FILE relative to `base`) or `package.module:CALLABLE`;
+    return the callable and the file that defines it (for the code hash)."""
+    module_part, sep, attribute = ref.rpartition(":")
+    if not sep or not module_part or not attribute.isidentifier():
+        raise refuse(entry, f"{side} as FILE.py:CALLABLE or package.module:CALLABLE", ref)
+    expected = f"the {side} factory {ref} to import"
+    try:
+        if module_part.endswith(".py"):
+            file = _existing(entry, side, (base / module_part).resolve())
+            module = _import_file(file)
+        else:
+            module = importlib.import_module(module_part)
+            file = Path(module.__file__) if getattr(module, "__file__", None) else None
+    except OnnxtwinError:
+        raise
+    except Exception as e:  # the user's module: any error (SyntaxError too), one line
+        raise refuse(entry, expected, f"{type(e).__name__}: {_line(e)}") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise refuse(entry, f"{expected} a callable {attribute!r}",
+                     "nothing by that name" if factory is None else type(factory).__name__)
+    return factory, file
+
+
+def _import_file(file: Path):
+    """Import a Python file as a module of its own (its folder first on sys.path, so it
+    can import its neighbours); the same file is imported once."""
+    name = f"onnxtwin_user_{file_hash(file)[:16]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(file.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(file.parent))
+    sys.modules[name] = module
+    return module
+
