@@ -44,8 +44,20 @@ class EntryError(OnnxtwinError):
 
 
 def refuse(entry: str, expected: str, given: object) -> EntryError:
-    """The one-line error of an entry: `model NAME: expected ..., got ...`."""
+    """The one-line error of an entry: `model NAME: expected ..., got ...` (`given` shown
+    as its short repr)."""
     return EntryError(f"model {entry!r}: expected {expected}, got {shown(given)}")
+
+
+def failed(entry: str, expected: str, error: BaseException) -> EntryError:
+    """The one-line error of an entry whose model or factory raised `error`: its type and
+    the first line of its message, which may hold the user's own words."""
+    text = str(error).strip()
+    cause = text.splitlines()[0][:500] if text else ""
+    if isinstance(error, OnnxtwinError):
+        return EntryError(f"model {entry!r}: expected {expected}, got: {cause}")
+    return EntryError(f"model {entry!r}: expected {expected}, got {type(error).__name__}: "
+                      f"{cause}")
 
 
 def parse_dims(entry: str, value: object, signature_dims: tuple[str, ...]) -> Grid:

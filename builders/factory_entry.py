@@ -18,17 +18,18 @@ float64 run. The output dtypes and shapes are found by running the source model.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnxtwin.builders.entries import EntrySpec, file_hash, parse_dims, refuse
+from onnxtwin.builders.entries import EntrySpec, failed, file_hash, parse_dims, refuse
 from onnxtwin.builders.signature import MAX_WIDTH, Signature, TensorSpec
 from onnxtwin.runtime.errors import OnnxtwinError
 from onnxtwin.runtime.files import safe_name
@@ -101,10 +102,11 @@ class FactorySpec(EntrySpec):
 
         model = self._make("keras", keras.Model, "a keras.Model")
         try:
-            model(keras_args(self.input_signature, self.sample(self.example_dims())), training=False)
+            model(keras_args(self.input_signature, self.sample(self.example_dims())),
+                  training=False)
         except Exception as e:  # the user's model: any error, said in one line
-            raise refuse(self.name, f"the keras model to take the declared inputs at "
-                         f"{self.example_dims()}", f"{type(e).__name__}: {_line(e)}") from None
+            raise failed(self.name, f"the keras model to take the declared inputs at "
+                         f"{self.example_dims()}", e) from None
         return model
 
     def match_layers(self, torch_model, keras_model) -> list:
@@ -132,8 +134,8 @@ class FactorySpec(EntrySpec):
         try:
             model.load_weights(self.weights)
         except Exception as e:  # Keras raises several types for a wrong file
-            raise OnnxtwinError(f"{what}: expected Keras weights of this model (.weights.h5 "
-                                f"or .keras), got {type(e).__name__}: {_line(e)}") from None
+            raise failed(self.name, f"Keras weights of this model in {self.weights} "
+                         "(.weights.h5 or .keras)", e) from None
         return model
 
     def keras_float64(self, model):
@@ -142,17 +144,8 @@ class FactorySpec(EntrySpec):
         args = keras_args(self.input_signature, self.sample(self.example_dims()))
         return float64_twin(self.callables["keras"], model, args)
 
-    def check_runs(self, twins) -> None:
-        """Run each side at every point of the grid: a declared input the model rejects is
-        one line naming the entry and the point, before anything is exported."""
-        for side in twins.frameworks:
-            path = twins.path(side)
-            for dims in self.matrix_points():
-                try:
-                    path.run(self.sample(dims))
-                except OnnxtwinError as e:
-                    raise refuse(self.name, f"the {side} model to take the declared inputs "
-                                 f"at {dims}", str(e)) from None
+    def validate(self) -> None:
+        _validate(self)
 
     def sample(self, dims: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
         from onnxtwin.builders.inputs import sample_inputs
@@ -172,12 +165,32 @@ class FactorySpec(EntrySpec):
         try:
             model = factory()
         except Exception as e:  # the user's factory: any error, said in one line
-            raise refuse(self.name, f"the {side} factory {self.factories[side]} to return "
-                         f"{expected}", f"{type(e).__name__}: {_line(e)}") from None
+            raise failed(self.name, f"the {side} factory {self.factories[side]} to return "
+                         f"{expected}", e) from None
         if not isinstance(model, kind):
             raise refuse(self.name, f"the {side} factory {self.factories[side]} to return "
                          f"{expected}", type(model).__name__)
         return model
+
+
+@functools.cache
+def _validate(spec: FactorySpec) -> None:
+    """Make each side's model and run it at every point of the grid (once per spec): a
+    factory that fails or a declared input a model rejects is one line naming the entry
+    and the point, before anything is built, exported or written."""
+    from onnxtwin.builders.paths import KerasPath, TorchPath
+
+    names = [t.name for t in spec.inputs]
+    for side in spec.frameworks:
+        path = TorchPath(spec.torch_model(), names, ()) if side == "torch" else KerasPath(
+            spec.keras_model(), names, (), channels_last=[t.channels_last for t in spec.inputs])
+        for dims in spec.matrix_points():
+            try:
+                path.run(spec.sample(dims))
+            except OnnxtwinError as e:
+                raise failed(spec.name, f"the {side} model to take the declared inputs at "
+                             f"{dims}", e) from None
+    spec.signature  # noqa: B018 - the outputs, found by running: refused here if they cannot be
 
 
 def keras_args(signature: Signature, inputs: Mapping[str, np.ndarray], listed: bool = False):
@@ -208,8 +221,8 @@ def _outputs(spec: FactorySpec) -> tuple[TensorSpec, ...]:
         try:
             runs.append(path.run(spec.sample(dims)))
         except OnnxtwinError as e:
-            raise refuse(spec.name, f"the {side} model to take the declared inputs at {dims}",
-                         str(e)) from None
+            raise failed(spec.name, f"the {side} model to take the declared inputs at {dims}",
+                         e) from None
     specs = []
     for name, a in runs[0].items():
         b = runs[1][name]
@@ -222,11 +235,6 @@ def _outputs(spec: FactorySpec) -> tuple[TensorSpec, ...]:
             shape.append(m if m == n else dim or f"{name}_{axis}")
         specs.append(TensorSpec(name, a.dtype.name, tuple(shape)))
     return tuple(specs)
-
-
-def _line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else ""
 
 
 def _input_record(t: TensorSpec) -> dict:
@@ -371,7 +379,7 @@ def load_factory(entry: str, side: str, ref: str, base: Path) -> tuple[Factory, 
     except OnnxtwinError:
         raise
     except Exception as e:  # the user's module: any error (SyntaxError too), one line
-        raise refuse(entry, expected, f"{type(e).__name__}: {_line(e)}") from None
+        raise failed(entry, expected, e) from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise refuse(entry, f"{expected} a callable {attribute!r}",
@@ -395,3 +403,51 @@ def _import_file(file: Path):
     sys.modules[name] = module
     return module
 
+
+# -- from Python ---------------------------------------------------------------------------
+
+def entry_from_models(torch_model=None, keras_model=None, *,
+                      inputs: Sequence[Mapping[str, object]], outputs: Sequence[str] = (),
+                      dims: Mapping[str, Sequence[int]] | None = None, source: str = "torch",
+                      name: str = "my-model") -> FactorySpec:
+    """An entry around model objects already built: what a TOML table says, from Python.
+
+        spec = entry_from_models(torch_model, keras_model, source="torch",
+            inputs=[{"name": "image", "dtype": "float32", "shape": ["batch", 3, 32, 32],
+                     "channels_last": True}], outputs=["logits"], dims={"batch": [1, 7]})
+        twins = build_twins(spec)        # the Keras model now holds the torch weights
+
+    The twins are these very objects: building them moves the weights into the other one.
+    """
+    given = {side: m for side, m in (("torch", torch_model), ("keras", keras_model))
+             if m is not None}
+    if not given:
+        raise refuse(name, "a torch model, a Keras model, or both", "neither")
+    table = {"inputs": [dict(t) for t in inputs], "outputs": list(outputs) or None,
+             "dims": None if dims is None else {d: list(v) for d, v in dims.items()}}
+    if source not in given:
+        raise refuse(name, f"source among the models given {list(given)}", source)
+    inputs_ = parse_inputs(name, table["inputs"])
+    grid = parse_dims(name, table["dims"], Signature(inputs_, ()).dims)
+    return FactorySpec(
+        name=safe_name(name, "model name"), grid=grid,
+        factories={s: f"{type(m).__module__}.{type(m).__qualname__}" for s, m in given.items()},
+        source=source, inputs=inputs_,
+        output_names=parse_outputs(name, table["outputs"]),
+        code=_source_hash(given.values()),
+        callables={s: (lambda m=m: m) for s, m in given.items()})
+
+
+def _source_hash(models) -> str:
+    """sha256 of the files that define the models' classes; a fresh random value when one
+    cannot be read, so an export cache never serves a stale file for unreadable code."""
+    import inspect
+    import uuid
+
+    digest = hashlib.sha256()
+    for model in models:
+        try:
+            digest.update(Path(inspect.getsourcefile(type(model))).read_bytes())
+        except (TypeError, OSError):
+            return f"unhashed-{uuid.uuid4().hex}"
+    return digest.hexdigest()

@@ -135,8 +135,9 @@ class ModelSpec:
         """The source model with the spec's weights file loaded (families have none)."""
         return model
 
-    def check_runs(self, twins) -> None:
-        """Raise OnnxtwinError if the twins cannot run at the spec's points (families can)."""
+    def validate(self) -> None:
+        """Raise OnnxtwinError if this spec's models cannot be made or run at its points
+        (a family's always can; a user's entry is tried, before any work is done)."""
 
     def keras_float64(self, model):
         """The Keras model in float64: the oracle of an entry without torch."""

@@ -133,12 +133,7 @@ def build_twins(model: str | ModelSpec, seed: int = grids.WEIGHT_SEED,
     The same spec, seed and source give bit-identical weights.
     """
     spec = model if isinstance(model, ModelSpec) else get_spec(model)
-    twins = _build(spec, seed, source)
-    spec.check_runs(twins)
-    return twins
-
-
-def _build(spec: ModelSpec, seed: int, source: Source | None) -> Twins:
+    spec.validate()
     grids.check_seed(seed)
     source = spec.default_source if source is None else source
     if source not in SOURCES:

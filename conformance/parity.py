@@ -32,9 +32,47 @@ def twins_agree(torch_model: Any, keras_model: Any, inputs: Inputs, oracle: bool
 
 
 def assert_twins_agree(torch_model: Any, keras_model: Any, inputs: Inputs,
-                       tolerance: float = FLOAT32_ABS_TOLERANCE, oracle: bool = True) -> None:
-    """AssertionError, listing every comparison, unless all are within `tolerance` (max abs)."""
-    _assert(twins_agree(torch_model, keras_model, inputs, oracle, tolerance), tolerance)
+                       tolerance: float = FLOAT32_ABS_TOLERANCE, oracle: bool = True,
+                       transfer: bool = False, source: str = "torch") -> None:
+    """AssertionError, listing every comparison, unless all are within `tolerance` (max abs).
+
+    With `transfer`, the weights first move from `source` into the other model (layers
+    matched in call order, onnxtwin.builders.matching). A failure names the first layer
+    pair whose outputs diverge, when the layers can be matched.
+    """
+    from onnxtwin.builders import Twins, build_twins
+
+    spec = _user_spec(torch_model, keras_model, inputs, source)
+    twins = build_twins(spec) if transfer else Twins(spec, torch_model, keras_model)
+    result = twins_agree(torch_model, keras_model, inputs, oracle, tolerance)
+    if not result.passed:
+        _assert(result, tolerance, _first_divergent(twins, inputs, tolerance))
+
+
+def _user_spec(torch_model: Any, keras_model: Any, inputs: Inputs, source: str):
+    """The entry of these two objects; the inputs' first axis is the batch, the rest fixed."""
+    from onnxtwin.builders import entry_from_models
+
+    declared = [{"name": n, "dtype": np.asarray(a).dtype.name,
+                 "shape": ["batch", *np.shape(a)[1:]],
+                 **({"range": [int(np.min(a)), int(np.max(a)) + 1]}
+                    if np.asarray(a).dtype.kind in "iu" else {})}
+                for n, a in inputs.items()]
+    batch = len(next(iter(inputs.values())))
+    return entry_from_models(torch_model, keras_model, inputs=declared, source=source,
+                             dims={"batch": [batch]}, name="assert-twins-agree")
+
+
+def _first_divergent(twins, inputs: Inputs, tolerance: float) -> str:
+    """'first diverging layer: ...', or why the layers could not be compared."""
+    from onnxtwin.conformance.localise import localise
+    from onnxtwin.runtime.errors import OnnxtwinError
+
+    try:
+        found = localise(twins, dict(inputs), tolerance).first_divergent
+    except OnnxtwinError as e:
+        return f"layers not localised: {e}"
+    return f"first diverging layer: {found or 'none of the matched layers'}"
 
 
 def assert_onnx_matches(path: str | Path, reference: Any, inputs: Inputs,
@@ -68,11 +106,13 @@ def _reference_path(reference: Any, inputs: tuple[str, ...],
                         inputs, outputs)
 
 
-def _assert(result: Comparisons, tolerance: float) -> None:
+def _assert(result: Comparisons, tolerance: float, localised: str = "") -> None:
     if result.passed:
         return
     several = len({c.output for c in result.checks}) > 1
     lines = [f"parity failed (tolerance {tolerance:g} max abs):"]
+    if localised:
+        lines.append(f"  {localised}")
     for c in sorted(result.checks, key=lambda c: c.expected == result.reference):
         m, verdict = c.metrics, "ok" if c.passed else "FAIL"
         output = f" [{c.output}]" if several else ""

@@ -49,7 +49,10 @@ def selected_specs(models: list[str] | None, spec_file: Path | None) -> list:
     from onnxtwin.builders import builtins, get_spec, load_toml
 
     extra = load_toml(spec_file) if spec_file else []
-    return [get_spec(n) for n in models] if models else [*builtins(), *extra]
+    selected = [get_spec(n) for n in models] if models else [*builtins(), *extra]
+    for spec in selected:  # a user's entry that cannot run is refused before any work
+        spec.validate()
+    return selected
 
 
 def verbatim(text: str) -> str:
