@@ -103,6 +103,8 @@ class EntrySpec(ModelSpec):
     """
 
     family: ClassVar[str] = "entry"
+    frameworks: ClassVar[tuple[str, ...]] = ()
+    """An ONNX file has no framework side; a factory entry says which it has."""
     entry_signature: Signature | None = None
     grid: Grid = ()
 

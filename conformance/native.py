@@ -21,8 +21,10 @@ class NativeParity:
     model: str
     tolerance: float
     result: Comparisons
+    source: str = "torch"
+    """Whose weights the other twin received."""
 
-    def worst(self, pair: str) -> float:
+    def worst(self, pair: str) -> float | None:
         """Largest max abs error of one pair (a PAIRS name) over all points and outputs."""
         return self.result.worst(*_PAIR_PATHS[pair])
 
@@ -38,15 +40,16 @@ class NativeParity:
                                     {**dims_record(c.dims), "output": c.output})
             pair = next(p for p, paths in _PAIR_PATHS.items() if paths == (c.actual, c.expected))
             case[pair] = json_ready(asdict(c.metrics))
-        return {"model": self.model, "tolerance": self.tolerance, "cases": list(cases.values())}
+        return {"model": self.model, "source": self.source, "tolerance": self.tolerance,
+                "cases": list(cases.values())}
 
 
 def native_parity(twins: Twins, tolerance: float | None = None,
-                  seed: int = grids.NATIVE_SEED) -> NativeParity:
+                  seed: int = grids.NATIVE_SEED, source: str = "torch") -> NativeParity:
     """Run both twins and the oracle on seeded inputs at every gate point and compare."""
     tolerance = twins.spec.TOLERANCE if tolerance is None else tolerance
     cases = (Case(dims, sample_inputs(twins.spec, dims, seed=seed))
              for dims in twins.spec.gate_points())
     result = compare_paths([twins.path(f) for f in twins.frameworks], twins.oracle(), cases,
                            tolerance)
-    return NativeParity(twins.spec.name, tolerance, result)
+    return NativeParity(twins.spec.name, tolerance, result, source)

@@ -82,10 +82,11 @@ class Comparisons:
     def failed(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
 
-    def worst(self, actual: str, expected: str) -> float:
-        """Largest max abs error of one pair over every case and output."""
-        return max(c.metrics.max_abs for c in self.checks
-                   if (c.actual, c.expected) == (actual, expected))
+    def worst(self, actual: str, expected: str) -> float | None:
+        """Largest max abs error of one pair over every case and output (None if the pair
+        was never compared: a model with one framework has no torch-keras pair)."""
+        return max((c.metrics.max_abs for c in self.checks
+                    if (c.actual, c.expected) == (actual, expected)), default=None)
 
     def needed(self) -> dict[str, float]:
         """Per output: the smallest tolerance every comparison would have passed."""

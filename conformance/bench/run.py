@@ -130,19 +130,25 @@ def onnx_contenders(files: dict[str, Path], providers: list[str], inputs: Inputs
 
 
 def native_contenders(twins, compile_torch: bool) -> list[Contender]:
-    """torch eager, torch.compile and Keras through its tf.function. torch.compile compiles
-    on its first call, in `validate`, which reports it if it cannot compile here."""
-    contenders = [Contender(twins.torch, "native")]
-    if compile_torch:
-        import torch
+    """torch eager, torch.compile and Keras through its tf.function (the sides the twins
+    have). torch.compile compiles on its first call, in `validate`, which reports it if it
+    cannot compile here."""
+    contenders = []
+    if twins.torch_model is not None:
+        contenders.append(Contender(twins.torch, "native"))
+        if compile_torch:
+            import torch
 
-        from onnxtwin.builders.paths import TorchPath
+            from onnxtwin.builders.paths import TorchPath
 
-        signature = twins.spec.signature
-        contenders.append(Contender(TorchPath(torch.compile(twins.torch_model),
-                                              signature.input_names, signature.output_names,
-                                              name="torch.compile"), "native"))
-    return [*contenders, Contender(twins.keras_compiled, "native")]
+            signature = twins.spec.signature
+            contenders.append(Contender(TorchPath(torch.compile(twins.torch_model),
+                                                  signature.input_names,
+                                                  signature.output_names,
+                                                  name="torch.compile"), "native"))
+    if twins.keras_model is not None:
+        contenders.append(Contender(twins.keras_compiled, "native"))
+    return contenders
 
 
 def validate(contenders: list[Contender], inputs: Inputs, reference: ModelPath,
@@ -288,23 +294,26 @@ def bench_model(twins, out: Path, options: BenchOptions, providers: list[str],
                 peak_gflops: float, on_step: Callable[[str], None]) -> list[dict]:
     """One model at each batch: every contender validated, timed interleaved, targets."""
     from onnxtwin.builders import sample_inputs
-    from onnxtwin.builders.paths import TorchPath
+    from onnxtwin.builders.paths import KerasPath, TorchPath
     from onnxtwin.export import export_model
     from onnxtwin.export.optimize import optimize_offline
 
     spec = twins.spec
     signature = spec.signature
     reference = TorchPath(twins.torch_model, signature.input_names, signature.output_names,
-                          name=REFERENCE)
+                          name=REFERENCE) if twins.torch_model is not None else KerasPath(
+        twins.keras_model, signature.input_names, signature.output_names, name=REFERENCE,
+        channels_last=[t.channels_last for t in signature.inputs])
     files = {}
-    for fw in ("torch", "keras"):
+    for fw in twins.frameworks:
         on_step(f"{spec.name}: exporting and optimising the {fw} twin")
         files[f"{fw}.onnx"] = export_model(twins, fw, out).path
         files[f"{fw}.opt.onnx"] = optimize_offline(files[f"{fw}.onnx"], twins, fw)[0]
     results = []
     for batch in options.batches:
         on_step(f"{spec.name}: batch {batch}")
-        dims = grids.restrict({"batch": batch, "seq": options.seq}, signature.dims)
+        dims = {**spec.matrix_points()[-1],  # a dim other than batch and seq: its largest
+                **grids.restrict({"batch": batch, "seq": options.seq}, signature.dims)}
         inputs = sample_inputs(spec, dims, seed=grids.BENCH_SEED)
         contenders = [*native_contenders(twins, options.compile_torch),
                       *onnx_contenders(files, providers, inputs)]
@@ -312,7 +321,8 @@ def bench_model(twins, out: Path, options: BenchOptions, providers: list[str],
         interleave(contenders, inputs, options.rounds, options.calls)
         timed = [c.summary(batch) for c in contenders]
         relative_to_fastest_native(timed)
-        flops = torch_flops(spec, twins.torch_model, inputs)
+        flops = None if twins.torch_model is None else torch_flops(spec, twins.torch_model,
+                                                                    inputs)
         results.append({"name": spec.name, "batch": batch, "seq": dims.get("seq"),
                         "flops": flops, "contenders": timed, "skipped": skipped,
                         "targets": targets(spec.name, batch, timed, flops, peak_gflops)})
@@ -329,7 +339,7 @@ def run_bench(specs: list, out: Path, options: BenchOptions = BenchOptions(),
     on_step("measuring the float32 matmul peak")
     peak = matmul_peak_gflops()
     models = []
-    for spec in specs:
+    for spec in (s for s in specs if s.frameworks):  # an ONNX file has no native to race
         models += bench_model(build_twins(spec), out, options, usable, peak, on_step)
     found = [t for m in models for t in m["targets"]]
     document = {"benchmark": "onnxtwin bench", "machine": machine(),

@@ -56,8 +56,9 @@ def build(
     spec: SpecOption = None,
     seed: Annotated[int, typer.Option(
         min=0, max=MAX_SEED, help="Seed of the weight initialisation.")] = 0,
-    source: Annotated[Source, typer.Option(
-        help="Framework whose initialisation is transferred to the other.")] = Source.torch,
+    source: Annotated[Source | None, typer.Option(
+        help="Framework whose initialisation is transferred to the other. Default: torch, "
+             "or a user entry's `source`.")] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("onnxtwin-build"),
 ) -> None:
     """Build twins, write both weight files, and check native parity (exit 1 if it fails).
@@ -72,12 +73,18 @@ def build(
     from onnxtwin.conformance.native import PAIRS
 
     with console.status("") as status:
-        results = build_all(selected, seed, source.value, out, on_step=status_line(status))
-    rows = [[r.model, source.value, *(f"{r.worst(p):.2e}" for p in PAIRS),
-             "pass" if r.passed else "FAIL"] for r in results]
+        results = build_all(selected, seed, source and source.value, out,
+                            on_step=status_line(status))
+    rows = [[r.model, r.source, *("-" if r.worst(p) is None else f"{r.worst(p):.2e}"
+                                  for p in PAIRS), "pass" if r.passed else "FAIL"]
+            for r in results]
     console.print(result_table(
         f"native parity: max abs error over all shapes (tolerance 1e-5), seed {seed}",
         ["model", "source", *(p.replace("_", " ") for p in PAIRS), "verdict"], rows))
+    for s in selected:
+        if not s.frameworks:
+            say(console, f"{s.name}: an ONNX file has no twins to build (check it with "
+                         "`onnxtwin check`)")
     say(console, f"wrote {out}/ ({len(results)} models, parity.json)")
     if not all(r.passed for r in results):
         raise typer.Exit(1)
