@@ -35,6 +35,9 @@ EXAMPLE_SIZES = (3, 5, 6, 9, 10, 11)
 """Export example sizes for dims a grid names, in order: >= 2 and distinct, so the torch
 exporter keeps each dim dynamic (grids.EXPORT_EXAMPLE for `batch` and `seq`)."""
 
+RESERVED_DIMS = frozenset({"actual", "expected", "output", "tolerance", "passed", "max_abs",
+                           "max_rel", "argmax_agreement", "nonfinite", "model", "dims"})
+"""Field names of a comparison record, which carries each dim as a field of its own."""
 Grid = tuple[tuple[str, tuple[int, ...]], ...]
 """A frozen grid: ((dim, values), ...)."""
 
@@ -66,6 +69,10 @@ def parse_dims(entry: str, value: object, signature_dims: tuple[str, ...]) -> Gr
         value = {}
     if not isinstance(value, Mapping):
         raise refuse(entry, "dims as a table {dim = [sizes]}", value)
+    taken = sorted(set(signature_dims) & RESERVED_DIMS)
+    if taken:
+        raise refuse(entry, f"dim names other than the report's field names "
+                     f"{sorted(RESERVED_DIMS)}", taken)
     unknown = sorted(set(value) - set(signature_dims))
     if unknown:
         raise refuse(entry, f"dims naming only the signature's dims {list(signature_dims)}",

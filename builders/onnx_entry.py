@@ -125,7 +125,7 @@ def _ranges(entry: str, value: object, dtypes: Mapping[str, str]) -> dict[str, t
         if set(item) != {"name", "range"}:
             raise refuse(entry, shape, item)
         input_name, draw = item["name"], item["range"]
-        if input_name not in dtypes or input_name in ranges:
+        if not isinstance(input_name, str) or input_name not in dtypes or input_name in ranges:
             raise refuse(entry, f"inputs naming each of the file's inputs {list(dtypes)} once",
                          input_name)
         ranges[input_name] = _range(entry, input_name, dtypes[input_name], draw)

@@ -25,6 +25,7 @@ from onnxtwin.builders.paths import ORACLE
 from onnxtwin.builders.signature import ModelSpec
 from onnxtwin.conformance.accuracy import AccuracyResult, evaluate
 from onnxtwin.conformance.localise import Localisation, localise
+from onnxtwin.conformance.nodes import NodeLocalisation
 from onnxtwin.export import ExportResult, export_model, graph_differences
 from onnxtwin.runtime import Session, Timing, measure
 from onnxtwin.runtime.comparison import Case, Check, Comparisons, compare_paths, describe
@@ -56,7 +57,8 @@ class ModelResult:
     differences: tuple[str, ...]
     comparisons: Comparisons
     latency: tuple[Latency, ...]
-    localisation: Localisation | None
+    localisation: Localisation | NodeLocalisation | None
+    """Where twins part (layers), or where two runs of an ONNX file part (nodes)."""
     seconds: float
     accuracy: AccuracyResult | None = None
 

@@ -9,7 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxtwin.runtime.comparison import describe
 from onnxtwin.runtime.files import atomic_path
+
+LOCALISED_NODES = 10
+"""Node localisation rows shown: the nodes up to the first divergent one, at most this many."""
 
 
 def write_reports(document: dict, out_dir: str | Path) -> list[Path]:
@@ -31,8 +35,8 @@ def summary_rows(document: dict) -> list[list[str]]:
     """One row per model: the numbers the terminal, Markdown and HTML summaries share."""
     rows = []
     for m in document["models"]:
-        oracle = [c for c in m["comparisons"] if c["expected"] == "oracle"]
-        pairs = [c for c in m["comparisons"] if c["expected"] != "oracle"]
+        oracle = [c for c in m["comparisons"] if c["expected"] == m["reference"]]
+        pairs = [c for c in m["comparisons"] if c["expected"] != m["reference"]]
         rows.append([m["name"], str(len(m["paths"])), str(len(m["comparisons"])),
                      _worst(oracle), _worst(pairs),
                      ", ".join(f"{_e(v)}" for v in m["min_passing_tolerance"].values()),
@@ -79,7 +83,7 @@ def failures(document: dict, limit: int = 20) -> list[str]:
         failed = sorted((c for c in m["comparisons"] if not c["passed"]),
                         key=lambda c: -(c["max_abs"] if c["max_abs"] is not None else 1e300))
         for c in failed[:limit]:
-            lines.append(f"{m['name']}: {c['actual']} vs {c['expected']} at {_shape(c)}: "
+            lines.append(f"{m['name']}: {c['actual']} vs {c['expected']} at {_shape(c, m)}: "
                          f"max abs {_e(c['max_abs'])} > {c['tolerance']:g}, argmax agreement "
                          f"{c['argmax_agreement']:.0%}")
         if len(failed) > limit:
@@ -97,7 +101,38 @@ def failures(document: dict, limit: int = 20) -> list[str]:
         if m["localisation"]:
             first = m["localisation"]["first_divergent"]
             lines.append(f"{m['name']}: the twins first diverge at layer {first}")
+        if nodes := m["node_localisation"]:
+            pair, where = f"{nodes['actual']} and {nodes['expected']}", _shape(nodes["dims"], m)
+            lines.append(f"{m['name']}: {pair} first differ at {nodes['first_divergent']} "
+                         f"({where})" if nodes["first_divergent"] else
+                         f"{m['name']}: no node of {pair} differs beyond the tolerance with "
+                         f"every node output kept ({where}), which prevents onnxruntime's "
+                         f"fusions")
     return lines
+
+
+def localisation_tables(document: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, columns, rows) per localisation: the twins' layers, or a file's nodes up to
+    the first divergent one (the LOCALISED_NODES largest errors when none diverges)."""
+    tables = []
+    for m in document["models"]:
+        if layers := m["localisation"]:
+            tables.append((f"{m['name']}: torch vs keras, layer by layer",
+                           ["torch layer", "keras layer", "max abs", "diverged"],
+                           [[x["torch"], x["keras"], _e(x["max_abs"]), _yes(x["diverged"])]
+                            for x in layers["layers"]]))
+        if nodes := m["node_localisation"]:
+            shown = nodes["nodes"]
+            end = next((i for i, x in enumerate(shown) if x["diverged"]), None)
+            shown = (shown[max(0, end + 1 - LOCALISED_NODES):end + 1] if end is not None else
+                     sorted(shown, key=lambda x: -(x["max_abs"] if x["max_abs"] is not None
+                                                   else np.inf))[:LOCALISED_NODES])
+            tables.append((f"{m['name']}: {nodes['actual']} vs {nodes['expected']}, node by "
+                           f"node at {_shape(nodes['dims'], m)}",
+                           ["node", "op", "origin", "max abs", "diverged"],
+                           [[x["node"], x["op"], x["origin"] or "", _e(x["max_abs"]),
+                             _yes(x["diverged"])] for x in shown]))
+    return tables
 
 
 def markdown(document: dict) -> str:
@@ -113,12 +148,13 @@ def markdown(document: dict) -> str:
                 md_table(ACCURACY_COLUMNS, rows), ""]
     if not s["passed"]:
         out += ["## Failures", "", *(f"- {line}" for line in failures(document)), ""]
-    out += ["## Latency (ms, batch {batch}, seq {seq})".format(**document["settings"]["timing"]),
-            "", md_table(["model", "path", "p50", "p90", "p99", "samples/s"], _latency_rows(
-                document)), "",
-            "Errors are max abs differences of the logits; *vs oracle* is against the torch twin "
-            "run in float64. *min passing tolerance* is the largest error seen, the tightest "
-            "tolerance every comparison would have passed.", ""]
+    for title, columns, rows in localisation_tables(document):
+        out += [f"## Localisation of {title}", "", md_table(columns, rows), ""]
+    out += ["## Latency (ms)", "", md_table(LATENCY_COLUMNS, _latency_rows(document)), "",
+            "Errors are max abs differences of the outputs; *vs oracle* is against the torch "
+            "twin run in float64 (for an ONNX file: onnx.reference). *min passing tolerance* "
+            "is the largest error seen, the tightest tolerance every comparison would have "
+            "passed.", ""]
     return "\n".join(out)
 
 
@@ -137,10 +173,12 @@ def page(document: dict) -> str:
     if not s["passed"]:
         parts += ["<h2>Failures</h2><ul>", *(f"<li>{html.escape(x)}</li>"
                                              for x in failures(document)), "</ul>"]
-    parts += ["<h2>Error of each path against the float64 oracle</h2>", _error_plot(document),
+    for title, columns, rows in localisation_tables(document):
+        parts += [f"<h2>Localisation of {html.escape(title)}</h2>", html_table(columns, rows)]
+    parts += ["<h2>Error of each path against the float64 oracle (for an ONNX file: "
+              "onnx.reference)</h2>", _error_plot(document),
               "<h2>Latency per path and provider</h2>", _latency_plot(document),
-              html_table(["model", "path", "p50", "p90", "p99", "samples/s"],
-                          _latency_rows(document)),
+              html_table(LATENCY_COLUMNS, _latency_rows(document)),
               "<h2>Providers</h2>",
               html_table(["provider", "usable", "ran", "reason"],
                           [[p["name"], str(p["usable"]), str(p["ran"]), p["reason"]]
@@ -162,21 +200,24 @@ _CSS = ("body{font-family:sans-serif;margin:2em;max-width:75em}table{border-coll
         "td:first-child,th:first-child{text-align:left}.pass{color:#070}.fail{color:#b00}")
 
 
+LATENCY_COLUMNS = ["model", "path", "at", "p50", "p90", "p99", "samples/s"]
+
+
 def _latency_rows(document: dict) -> list[list[str]]:
-    return [[m["name"], t["path"], f"{t['p50_ms']:.3f}", f"{t['p90_ms']:.3f}",
+    return [[m["name"], t["path"], describe(t["dims"]), f"{t['p50_ms']:.3f}", f"{t['p90_ms']:.3f}",
              f"{t['p99_ms']:.3f}", f"{t['throughput']:.0f}"]
             for m in document["models"] for t in m["latency"]]
 
 
 def _error_plot(document: dict) -> str:
-    """Per model, each path's worst max abs error vs the oracle.
+    """Per model, each path's worst max abs error vs its reference.
 
     NaN/Inf is drawn at 1; the floor 1e-12 keeps an exact agreement visible on a log axis.
     """
     worst: dict[tuple[str, str], float] = {}
     for m in document["models"]:
         for c in m["comparisons"]:
-            if c["expected"] == "oracle":
+            if c["expected"] == m["reference"]:
                 key = (m["name"], c["actual"])
                 error = c["max_abs"] if c["max_abs"] is not None else 1.0
                 worst[key] = max(worst.get(key, 1e-12), error)
@@ -262,5 +303,10 @@ def _e(value: float | None) -> str:
     return "nan/inf" if value is None else f"{value:.2e}"
 
 
-def _shape(c: dict) -> str:
-    return f"batch {c['batch']}" + (f", seq {c['seq']}" if c["seq"] is not None else "")
+def _yes(value: bool) -> str:
+    return "yes" if value else ""
+
+
+def _shape(point: dict, model: dict) -> str:
+    """A comparison's (or localisation's) point over its model's dims: 'batch 7, seq 12'."""
+    return describe({d: point[d] for d in model["dims"]})

@@ -1,4 +1,9 @@
-"""The conformance run as one result object, serialised to report.json (the single source)."""
+"""The conformance run as one result object, serialised to report.json (the single source).
+
+Each model names its reference (the float64 oracle, or onnx.reference for an ONNX entry)
+and its dims with the sizes they ran; each comparison carries its point's dims as fields
+(`batch` and `seq` always, None where the model has no such dim).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ import platform
 from dataclasses import asdict, dataclass
 
 from onnxtwin.builders import grids
+from onnxtwin.conformance.localise import Localisation
 from onnxtwin.conformance.matrix import ModelResult
+from onnxtwin.conformance.nodes import NodeLocalisation
 from onnxtwin.conformance.tolerances import Tolerances
 from onnxtwin.export.metadata import TOOLS, tool_versions
 from onnxtwin.runtime import ProviderStatus
@@ -89,6 +96,8 @@ def _model_dict(m: ModelResult) -> dict:
         "name": m.spec.name,
         "family": m.spec.family,
         "hyperparameters": m.spec.hyperparameters(),
+        "reference": m.comparisons.reference,
+        "dims": _grid(m),
         "passed": m.passed,
         "seconds": round(m.seconds, 3),
         "tolerance": {c.output: c.tolerance for c in m.checks},
@@ -98,8 +107,27 @@ def _model_dict(m: ModelResult) -> dict:
         "exports": [{**e.to_dict(), "path": e.path.name} for e in m.exports],
         "graph_differences": list(m.differences),
         "comparisons": [c.to_dict() for c in m.checks],
-        "latency": [{"path": t.path, "seq": t.dims.get("seq"), **asdict(t.timing)}
-                    for t in m.latency],
-        "localisation": None if m.localisation is None else asdict(m.localisation),
+        "latency": [{"path": t.path, "seq": t.dims.get("seq"), "dims": t.dims,
+                     **asdict(t.timing)} for t in m.latency],
+        "localisation": _of_kind(m.localisation, Localisation),
+        "node_localisation": _of_kind(m.localisation, NodeLocalisation),
         "accuracy": None if m.accuracy is None else m.accuracy.to_dict(),
     }
+
+
+def _grid(m: ModelResult) -> dict[str, list[int]]:
+    """Each named dim of the model and the sizes its matrix ran, in grid order."""
+    points = m.spec.matrix_points()
+    return {d: list(dict.fromkeys(p[d] for p in points)) for d in m.spec.signature.dims}
+
+
+def _of_kind(localisation: object, kind: type) -> dict | None:
+    """A localisation as JSON under the key of its kind (twins' layers, a file's nodes)."""
+    return _lists(asdict(localisation)) if isinstance(localisation, kind) else None
+
+
+def _lists(value):
+    """`value` with every tuple a list, as json.loads would give it back."""
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    return [_lists(v) for v in value] if isinstance(value, list | tuple) else value

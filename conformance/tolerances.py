@@ -11,7 +11,9 @@ from onnxtwin.runtime.errors import OnnxtwinError
 from onnxtwin.runtime.files import shown
 from onnxtwin.runtime.metrics import FLOAT32_ABS_TOLERANCE
 
-DEFAULTS = {"float32": FLOAT32_ABS_TOLERANCE, "float64": 1e-12}
+DEFAULTS = {"float32": FLOAT32_ABS_TOLERANCE, "float64": 1e-12,
+            **dict.fromkeys(("int8", "int16", "int32", "int64", "uint8", "bool"), 0.0)}
+"""Integer and boolean outputs (an argmax, a mask) must be equal."""
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ import textwrap
 
 import numpy as np
 import pytest
+from cli_runner import onnxtwin
 
 from onnxtwin.builders import build_twins, sample_inputs
 from onnxtwin.builders.registry import toml_specs
 from onnxtwin.runtime.errors import OnnxtwinError
-from cli_runner import onnxtwin
 
 MODELS = textwrap.dedent('''
     import torch

@@ -1,0 +1,158 @@
+"""Node localisation: the first node of an ONNX file whose output differs between two ways
+of running it.
+
+Polygraphy's "mark all outputs": a copy of the model whose graph outputs are every node's
+outputs runs on both sides, and the node outputs are compared in graph order (ONNX keeps
+nodes in topological order). A node diverges when max abs > tolerance x max(1, output
+scale); the first one is named with its op type, its name and, where the exporter recorded
+it, where it came from (torch's exporter keeps the module path in node metadata_props;
+tf2onnx names nodes after their TF ops). A marked output keeps onnxruntime from fusing its
+node away, so a difference that only a fusion makes may not reproduce on the copy: then no
+node diverges (first_divergent None).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxtwin.runtime.paths import ModelPath
+
+TORCH_SCOPES = "pkg.torch.onnx.name_scopes"
+"""torch.onnx (dynamo) node metadata: the module path, then the FX node, as a list literal."""
+TORCH_CLASSES = "pkg.torch.onnx.class_hierarchy"
+"""torch.onnx node metadata: each scope's module class, then the aten op, as a list literal."""
+NAMESPACE = "namespace"
+"""torch.onnx node metadata: both of the above in one 'scope: class/...' string."""
+
+
+@dataclass(frozen=True)
+class Side:
+    """One way of running a file: its path's name, and how to open that path on any file
+    (the marked copy)."""
+
+    name: str
+    open: Callable[[Path], ModelPath]
+
+
+@dataclass(frozen=True)
+class NodeDiff:
+    """One node: its name, op type, origin, and its outputs' largest max abs difference."""
+
+    node: str
+    op: str
+    origin: str | None
+    max_abs: float | None
+    """None when an output is not finite on one side only, or its shapes differ."""
+    diverged: bool
+
+
+@dataclass(frozen=True)
+class NodeLocalisation:
+    """`actual` against `expected` node by node, at one point of the grid."""
+
+    actual: str
+    expected: str
+    dims: dict[str, int]
+    tolerance: float
+    first_divergent: str | None
+    nodes: tuple[NodeDiff, ...]
+
+
+def mark_all_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose graph outputs are its own, then every top-level node's tensor outputs.
+
+    Each added output carries its element type where onnx shape inference knows it, and no
+    shape (onnxruntime and onnx.reference infer the rest); outputs inferred to be
+    sequences or maps are left out.
+    """
+    marked = onnx.ModelProto()
+    marked.CopyFrom(model)
+    try:
+        inferred = {v.name: v.type for v in onnx.shape_inference.infer_shapes(model)
+                    .graph.value_info}
+    except Exception:  # inference is a hint here: onnxruntime infers types itself
+        inferred = {}
+    known = {v.name for v in (*marked.graph.input, *marked.graph.output)}
+    for node in marked.graph.node:
+        for name in node.output:
+            kind = inferred[name].WhichOneof("value") if name in inferred else None
+            if not name or name in known or kind not in (None, "tensor_type"):
+                continue
+            known.add(name)
+            elem = inferred[name].tensor_type.elem_type if kind else 0
+            marked.graph.output.append(helper.make_tensor_value_info(name, elem, None) if elem
+                                       else onnx.ValueInfoProto(name=name))
+    return marked
+
+
+def localise_nodes(file: Path, actual: Side, expected: Side, inputs: Mapping[str, np.ndarray],
+                   tolerance: float, dims: dict[str, int]) -> NodeLocalisation:
+    """Run the marked copy of `file` on both sides with `inputs` (drawn at `dims`) and
+    compare every node's outputs in graph order."""
+    model = onnx.load(file)
+    with tempfile.TemporaryDirectory(prefix="onnxtwin-nodes-") as folder:
+        copy = Path(folder, file.name)
+        onnx.save_model(mark_all_outputs(model), copy, save_as_external_data=True,
+                        location=f"{copy.name}.data")  # any size, as the original
+        got = actual.open(copy).run(inputs)
+        want = expected.open(copy).run(inputs)
+    nodes, first = [], None
+    for index, node in enumerate(model.graph.node):
+        errors = [_difference(got[o], want[o]) for o in node.output if o in got and o in want]
+        if not errors:
+            continue
+        worst = max(error for error, _ in errors)
+        diff = NodeDiff(node.name or f"#{index}", node.op_type, origin(node),
+                        worst if math.isfinite(worst) else None,
+                        any(error > tolerance * max(1.0, scale) for error, scale in errors))
+        nodes.append(diff)
+        if diff.diverged and first is None:
+            first = describe(diff)
+    return NodeLocalisation(actual.name, expected.name, dict(dims), tolerance, first,
+                            tuple(nodes))
+
+
+def describe(diff: NodeDiff) -> str:
+    """A node in words: op type, name, and origin where known."""
+    return f"{diff.op} node {diff.node!r}" + (f" ({diff.origin})" if diff.origin else "")
+
+
+def origin(node: onnx.NodeProto) -> str | None:
+    """Where the exporter says a node came from: torch's module path and class, and its
+    aten op; else the node's `namespace` metadata; None when it says nothing."""
+    props = {p.key: p.value for p in node.metadata_props}
+    try:
+        scopes = ast.literal_eval(props[TORCH_SCOPES])
+        classes = ast.literal_eval(props[TORCH_CLASSES])
+    except (KeyError, ValueError, TypeError, SyntaxError):
+        return props.get(NAMESPACE)
+    if not isinstance(scopes, list) or not isinstance(classes, list) or \
+            len(scopes) < 2 or len(classes) != len(scopes):
+        return props.get(NAMESPACE)
+    module = f"module {scopes[-2]!r}" if scopes[-2] else "root module"
+    return f"torch {module} ({classes[-2]}), {classes[-1]}"
+
+
+def _difference(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    """(max abs difference, max finite |expected|); equal values (infinities, NaN in the
+    same place) differ by 0, a shape or finiteness mismatch by inf."""
+    a, e = np.asarray(actual), np.asarray(expected)
+    if a.shape != e.shape:
+        return math.inf, 0.0
+    if a.dtype.kind not in "biuf" or e.dtype.kind not in "biuf":
+        return (0.0 if np.array_equal(a, e) else math.inf), 0.0
+    a, e = a.astype(np.float64), e.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # inf - inf: equal, so masked out below
+        same = (a == e) | (np.isnan(a) & np.isnan(e))
+        diff = np.where(same, 0.0, np.abs(a - e))
+    diff[np.isnan(diff)] = math.inf
+    return float(diff.max(initial=0.0)), float(np.abs(e[np.isfinite(e)]).max(initial=0.0))
