@@ -120,7 +120,9 @@ def run_matrix(twins: Twins, out_dir: str | Path, providers: list[str], options:
         on_step(f"{spec.name}: classifying {len(data.y_test)} test samples on {len(paths)} paths")
         accuracy = evaluate(paths, twins.oracle(), twins.oracle(jitter=options.seed),
                             data.x_test, data.y_test, tolerances, data.name)
-    localisation = _localise_if_twins_differ(twins, comparisons.checks, inputs, options.seed)
+    localisation = (_localise_if_twins_differ(twins, comparisons.checks, inputs, options.seed)
+                    or _localise_if_a_file_differs(twins, paths, comparisons.checks, inputs,
+                                                   options.seed))
     return ModelResult(spec, tuple(p.info for p in paths), tuple(exports),
                        tuple(graph_differences(exports)), comparisons, latency, localisation,
                        time.perf_counter() - start, accuracy)
@@ -135,6 +137,33 @@ def model_paths(twins: Twins, exports: list[ExportResult],
         session = Session(export.path, alias, strict=True)
         paths.append(OnnxPath(session, f"{export.framework}.onnx@{alias}", export.framework))
     return paths
+
+
+def _localise_if_a_file_differs(twins: Twins, paths: list[ModelPath], checks: tuple[Check, ...],
+                                inputs: Inputs, seed: int) -> NodeLocalisation | None:
+    """When an exported file disagrees with its own framework twin (the twins agreeing),
+    name the first node that parts: a torch file against the torch modules' outputs
+    (through the exporter's name scopes), a Keras file on onnxruntime against the ONNX
+    reference implementation."""
+    from onnxtwin.conformance.nodes import Side, localise_against_torch, localise_nodes
+    from onnxtwin.conformance.reference import REFERENCE, ReferencePath
+
+    files = {p.name: p for p in paths if isinstance(p, OnnxPath)}
+    failing = next((c for c in checks if not c.passed and c.actual in files
+                    and c.expected == files[c.actual].info.framework), None)
+    if failing is None:
+        return None
+    path = files[failing.actual]
+    session = path.session
+    actual = Side(path.name, lambda file: OnnxPath(Session(file, session.requested,
+                                                           strict=True), path.name))
+    x = inputs(twins.spec, failing.dims, seed=seed)
+    if path.info.framework == "torch":
+        args = [x[n] for n in twins.spec.signature.input_names]
+        return localise_against_torch(session.path, actual, twins.torch_model, args, x,
+                                      failing.tolerance, failing.dims)
+    return localise_nodes(session.path, actual, Side(REFERENCE, ReferencePath), x,
+                          failing.tolerance, failing.dims)
 
 
 def _localise_if_twins_differ(twins: Twins, checks: tuple[Check, ...], inputs: Inputs,

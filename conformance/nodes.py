@@ -121,6 +121,67 @@ def localise_nodes(file: Path, actual: Side, expected: Side, inputs: Mapping[str
                             tuple(nodes))
 
 
+def localise_against_torch(file: Path, actual: Side, module, args: list[np.ndarray],
+                           inputs: Mapping[str, np.ndarray], tolerance: float,
+                           dims: dict[str, int]) -> NodeLocalisation:
+    """A torch-exported `file` (run on `actual`) against the torch `module` it came from,
+    module by module: each module's captured output is compared with the output of the
+    last node the exporter scoped to that module (its name_scopes). Modules the exporter
+    folded away (a Conv fused into its BatchNorm) have no node and are not compared."""
+    import torch
+
+    model = onnx.load(file)
+    last: dict[str, tuple[int, onnx.NodeProto]] = {}
+    for index, node in enumerate(model.graph.node):
+        for scope in _scopes(node)[1:-1]:  # '' (the root) first, the aten op last
+            last[scope] = (index, node)
+    captured: dict[str, np.ndarray] = {}
+    modules = dict(module.named_modules())
+    handles = [modules[name].register_forward_hook(
+        lambda _m, _a, out, name=name: captured.__setitem__(name, _first_tensor(out)))
+        for name in last if name in modules]
+    try:
+        with torch.no_grad():
+            module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in args))
+    finally:
+        for h in handles:
+            h.remove()
+    with tempfile.TemporaryDirectory(prefix="onnxtwin-nodes-") as folder:
+        copy = Path(folder, file.name)
+        onnx.save_model(mark_all_outputs(model), copy, save_as_external_data=True,
+                        location=f"{copy.name}.data")
+        got = actual.open(copy).run(inputs)
+    nodes, first = [], None
+    for scope, (_, node) in sorted(last.items(), key=lambda item: item[1][0]):
+        if scope not in captured or node.output[0] not in got:
+            continue
+        if captured[scope] is None:
+            continue
+        error, scale = _difference(got[node.output[0]], captured[scope])
+        diff = NodeDiff(node.name, node.op_type, origin(node),
+                        error if math.isfinite(error) else None,
+                        math.isfinite(error) and error > tolerance * max(1.0, scale))
+        nodes.append(diff)
+        if diff.diverged and first is None:
+            first = describe(diff)
+    return NodeLocalisation(actual.name, "torch", dict(dims), tolerance, first, tuple(nodes))
+
+
+def _scopes(node: onnx.NodeProto) -> list[str]:
+    """torch's name_scopes of a node ([] when the exporter recorded none)."""
+    props = {p.key: p.value for p in node.metadata_props}
+    try:
+        scopes = ast.literal_eval(props.get(TORCH_SCOPES, "[]"))
+    except (ValueError, SyntaxError):
+        return []
+    return [s for s in scopes if isinstance(s, str)] if isinstance(scopes, list) else []
+
+
+def _first_tensor(output) -> np.ndarray | None:
+    first = output[0] if isinstance(output, tuple | list) else output
+    return first.detach().numpy().copy() if hasattr(first, "detach") else None
+
+
 def describe(diff: NodeDiff) -> str:
     """A node in words: op type, name, and origin where known."""
     return f"{diff.op} node {diff.node!r}" + (f" ({diff.origin})" if diff.origin else "")

@@ -245,3 +245,32 @@ def test_the_cli_refuses_a_bad_entry_in_one_line_and_writes_nothing(folder):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "model 'bad': expected the torch factory" in lines[0]
     assert not out.exists()
+
+
+def test_a_file_that_parts_from_its_torch_model_is_localised_to_the_module(folder, tmp_path):
+    """A torch file whose `mix` bias was changed after export: the modules before it
+    agree, and the first node that parts is the one the exporter scoped to `mix`."""
+    import onnx
+    from onnx import numpy_helper
+
+    from onnxtwin.conformance.nodes import Side, localise_against_torch
+    from onnxtwin.export import export_model
+    from onnxtwin.runtime import Session
+    from onnxtwin.runtime.paths import OnnxPath
+
+    spec, = specs(folder, RESIDUAL)
+    twins = build_twins(spec)
+    path = export_model(twins, "torch", tmp_path, use_cache=False).path
+    model = onnx.load(str(path))
+    bias = next(i for i in model.graph.initializer if i.name == "mix.bias")
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 0.01, bias.name))
+    onnx.save(model, str(path))
+    x = sample_inputs(spec, batch=4, seq=9, seed=1)
+    found = localise_against_torch(
+        path, Side("torch.onnx@cpu", lambda f: OnnxPath(Session(f), "torch.onnx@cpu")),
+        twins.torch_model, [x["tokens"]], x, 1e-5, {"batch": 4, "seq": 9})
+    by_module = {d.origin.split("'")[1]: d for d in found.nodes if d.origin}
+    assert not by_module["embed"].diverged and not by_module["norm"].diverged
+    assert by_module["embed"].max_abs == 0 and by_module["norm"].max_abs < 1e-6
+    assert by_module["mix"].diverged and by_module["mix"].max_abs > 1e-3
+    assert "torch module 'mix'" in found.first_divergent
