@@ -20,6 +20,7 @@ from onnxtwin.conformance.cli.core import (
     say,
     selected_specs,
 )
+from onnxtwin.runtime.errors import OnnxtwinError
 from onnxtwin.runtime.files import folder_lock, inside
 
 
@@ -115,10 +116,10 @@ def check(
 
     for framework in FRAMEWORKS:
         check_request(framework, opset)
+    selected = selected_specs(model, spec)
     tolerances = load_tolerances(spec)
     if tolerance is not None:
         tolerances = tolerances.with_default("float32", tolerance)
-    selected = selected_specs(model, spec)
     options = CheckOptions(providers=_providers(provider), tolerances=tolerances, opset=opset,
                            seed=seed, use_cache=cache, trained=trained)
     quiet_tensorflow()
@@ -162,6 +163,11 @@ def train(
     from onnxtwin.conformance.tolerances import load_tolerances
 
     selected = selected_specs(model, spec)
+    for s in selected:
+        if s.family in ("user", "onnx"):
+            raise OnnxtwinError(f"model {s.name!r}: expected a family variant to train, got a "
+                                f"{s.family} entry (train it in its own code, then give "
+                                "its weights file as `weights` and run `onnxtwin check`)")
     options = CheckOptions(providers=_providers(provider),  # refuse early, not after hours
                            tolerances=load_tolerances(spec), seed=seed, trained=out)
     quiet_tensorflow()

@@ -47,12 +47,21 @@ class Source(StrEnum):
 def selected_specs(models: list[str] | None, spec_file: Path | None) -> list:
     """The specs named by --model, else every built-in and every --spec variant."""
     from onnxtwin.builders import builtins, get_spec, load_toml
+    from onnxtwin.builders.registry import read_toml
 
+    if spec_file and _has_factories(read_toml(spec_file)):
+        quiet_tensorflow()  # a user's model file may import keras: before it does
     extra = load_toml(spec_file) if spec_file else []
     selected = [get_spec(n) for n in models] if models else [*builtins(), *extra]
     for spec in selected:  # a user's entry that cannot run is refused before any work
         spec.validate()
     return selected
+
+
+def _has_factories(document: dict) -> bool:
+    models = document.get("models")
+    return isinstance(models, dict) and any(
+        isinstance(t, dict) and ("torch" in t or "keras" in t) for t in models.values())
 
 
 def verbatim(text: str) -> str:
