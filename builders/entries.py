@@ -139,6 +139,12 @@ class EntrySpec(ModelSpec):
         """The named dims of the inputs (what the grid spans)."""
         return self.signature.dims
 
+    def timing_dims(self) -> dict[str, int]:
+        """grids.TIMING's size of a dim where the entry's grid holds it, else the grid's
+        largest: an entry is only run at sizes it declared."""
+        return {d: grids.TIMING[d] if grids.TIMING.get(d) in sizes else max(sizes)
+                for d, sizes in self.grid}
+
     def matrix_points(self) -> list[dict[str, int]]:
         return grids.combinations(dict(self.grid), self.input_dims)
 

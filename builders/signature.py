@@ -152,6 +152,10 @@ class ModelSpec:
         """The sizes at which the torch exporter traces the model (grids.EXPORT_EXAMPLE)."""
         return grids.restrict(grids.EXPORT_EXAMPLE, self.signature.dims)
 
+    def timing_dims(self) -> dict[str, int]:
+        """The one point at which `check` times each path (grids.TIMING)."""
+        return grids.restrict(grids.TIMING, self.signature.dims)
+
     def gate_points(self) -> list[dict[str, int]]:
         """The points of GATE_GRID over this signature's dims, within its max_dims."""
         return self._within(grids.combinations(self.GATE_GRID, self.signature.dims))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from onnxtwin.builders import Twins, grids, sample_inputs
+from onnxtwin.builders import Twins, sample_inputs
 from onnxtwin.builders.datasets import Dataset
 from onnxtwin.builders.paths import ORACLE
 from onnxtwin.builders.signature import ModelSpec
@@ -110,7 +110,7 @@ def run_matrix(twins: Twins, out_dir: str | Path, providers: list[str], options:
         on_case=lambda case: on_step(f"{spec.name}: running {len(paths)} paths at "
                                      f"{describe(case.dims)}"))
     on_step(f"{spec.name}: timing {len(paths)} paths")
-    timing_dims = grids.restrict(grids.TIMING, spec.signature.dims)
+    timing_dims = spec.timing_dims()
     x = inputs(spec, timing_dims, seed=options.seed)
     latency = tuple(Latency(p.name, timing_dims,
                             measure(lambda p=p: p.run(x), timing_dims.get("batch", 1),

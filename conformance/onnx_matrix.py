@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from onnxtwin.builders import grids, sample_inputs
+from onnxtwin.builders import sample_inputs
 from onnxtwin.builders.onnx_entry import OnnxSpec
 from onnxtwin.conformance.matrix import Latency, ModelResult
 from onnxtwin.conformance.nodes import Side, localise_nodes
@@ -46,13 +46,6 @@ def sides(spec: OnnxSpec, providers: list[str]) -> list[Side]:
     return found
 
 
-def timing_dims(spec: OnnxSpec) -> dict[str, int]:
-    """Where paths are timed: grids.TIMING's size of a dim where the entry's grid has it,
-    else the grid's largest (an entry's sizes are the ones it declared valid)."""
-    return {d: grids.TIMING[d] if grids.TIMING.get(d) in sizes else max(sizes)
-            for d, sizes in spec.grid}
-
-
 def run_onnx_matrix(spec: OnnxSpec, providers: list[str], options: CheckOptions,
                     on_step: Callable[[str], None] = lambda _: None) -> ModelResult:
     """Run every path and the reference at every point of the entry's grid, compare them,
@@ -72,7 +65,7 @@ def run_onnx_matrix(spec: OnnxSpec, providers: list[str], options: CheckOptions,
         on_case=lambda case: on_step(f"{spec.name}: running {len(paths)} paths at "
                                      f"{describe(case.dims)}"))
     on_step(f"{spec.name}: timing {len(paths)} paths")
-    dims = timing_dims(spec)
+    dims = spec.timing_dims()
     x = sample_inputs(spec, dims, seed=options.seed)
     latency = tuple(Latency(p.name, dims, measure(lambda p=p: p.run(x), dims.get("batch", 1),
                                                   runs=options.timing_runs, warmup=3))

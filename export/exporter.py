@@ -66,13 +66,28 @@ def check_request(framework: str, opset: int) -> None:
 
 
 def _export(twins: Twins, framework: str, opset: int) -> onnx.ModelProto:
+    """The exporter's model, or one line: a user's model an exporter cannot trace raises
+    pages of its own (torch.export's UserError, tf2onnx's conversion errors)."""
     if framework == "torch":
-        from onnxtwin.export.torch_export import export_torch
+        from onnxtwin.export.torch_export import export_torch as export
+    else:
+        from onnxtwin.export.keras_export import export_keras as export
+    try:
+        return export(twins, opset)
+    except OnnxtwinError:
+        raise
+    except Exception as e:  # any exporter failure: its type and the line that says why
+        raise OnnxtwinError(f"{framework} export of {twins.spec.name!r}: expected the "
+                            f"exporter to trace the model, got {type(e).__name__}: "
+                            f"{_reason(e)}") from None
 
-        return export_torch(twins, opset)
-    from onnxtwin.export.keras_export import export_keras
 
-    return export_keras(twins, opset)
+def _reason(error: Exception) -> str:
+    """The exporter's own summary line: torch.onnx wraps torch.export's error in a report
+    whose first lines are boilerplate, so prefer the line naming the original exception."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = next((line for line in lines if line.startswith("<class ")), None)
+    return (cause or (lines[0] if lines else ""))[:400]
 
 
 def export_model(twins: Twins, framework: str, out_dir: str | Path, opset: int = DEFAULT_OPSET,

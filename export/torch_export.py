@@ -37,8 +37,10 @@ def export_torch(twins: Twins, opset: int) -> onnx.ModelProto:
     spec = twins.spec
     example = sample_inputs(spec, spec.example_dims(), seed=grids.EXAMPLE_SEED)
     args = tuple(torch.from_numpy(example[t.name]) for t in spec.signature.inputs)
-    dynamic = {t.name: {i: torch.export.Dim.DYNAMIC for i, d in enumerate(t.shape)
-                        if isinstance(d, str)} for t in spec.signature.inputs}
+    # Positional, not by name: the forward's own argument names (nn.Sequential's `input`)
+    # need not be the signature's.
+    dynamic = tuple({i: torch.export.Dim.DYNAMIC for i, d in enumerate(t.shape)
+                     if isinstance(d, str)} for t in spec.signature.inputs)
     # torch 2.13 logs a warning per missing torchvision op on every export; we export no vision op.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), rnn_while_loop_decompositions():

@@ -1,0 +1,174 @@
+"""A user's own torch/Keras pairs through the whole pipeline, from a spec file: weights
+moved in both directions, both sides exported with one signature and gated, and the
+matrix against the float64 oracle. The models are written here, as a user would.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import tomllib
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxtwin.builders import build_twins, sample_inputs
+from onnxtwin.builders.registry import toml_specs
+from onnxtwin.conformance.orchestrator import CheckOptions, check
+from onnxtwin.runtime import Session
+from onnxtwin.runtime.errors import OnnxtwinError
+
+MODELS = textwrap.dedent('''
+    import keras
+    import torch
+    from torch import nn
+
+    L = keras.layers
+
+
+    def cnn_torch():
+        return nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Flatten(), nn.Linear(8 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+    def cnn_keras(epsilon=1e-5):
+        return keras.Sequential([
+            keras.Input((16, 16, 3)),
+            L.Conv2D(6, 3, padding="same"), L.BatchNormalization(epsilon=epsilon), L.ReLU(),
+            L.MaxPooling2D(2),
+            L.Conv2D(8, 3), L.BatchNormalization(epsilon=epsilon), L.ReLU(),
+            L.Flatten(), L.Dense(16, activation="relu"), L.Dense(4)])
+
+
+    def cnn_keras_default_epsilon():
+        return cnn_keras(epsilon=1e-3)
+
+
+    class TextConv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(30, 8)
+            self.conv = nn.Conv1d(8, 12, 3, padding=1)
+            self.out = nn.Linear(12, 3)
+
+        def forward(self, tokens):
+            h = torch.relu(self.conv(self.embed(tokens).transpose(1, 2)))
+            return self.out(h.amax(dim=2))
+
+
+    def text_torch():
+        return TextConv()
+
+
+    def text_keras():
+        tokens = keras.Input((None,), dtype="int64")
+        h = L.Conv1D(12, 3, padding="same", activation="relu")(L.Embedding(30, 8)(tokens))
+        return keras.Model(tokens, L.Dense(3)(L.GlobalMaxPooling1D()(h)))
+
+
+    class BiGRU(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(5, 6, num_layers=2, bidirectional=True, batch_first=True)
+            self.out = nn.Linear(12, 2)
+
+        def forward(self, x):
+            h, _ = self.gru(x)
+            return self.out(h[:, -1])
+
+
+    def gru_torch():
+        return BiGRU()
+
+
+    def gru_keras():
+        x = keras.Input((None, 5))
+        h = L.Bidirectional(L.GRU(6, return_sequences=True))(x)
+        h = L.Bidirectional(L.GRU(6, return_sequences=True))(h)
+        return keras.Model(x, L.Dense(2)(h[:, -1]))
+''')
+
+PAIRS = {
+    "user-cnn": '''
+        torch = "pairs.py:cnn_torch"
+        keras = "pairs.py:cnn_keras"
+        outputs = ["logits"]
+        dims = { batch = [1, 5] }
+        inputs = [{ name = "image", dtype = "float32", shape = ["batch", 3, 16, 16], \
+channels_last = true }]
+    ''',
+    "user-text": '''
+        torch = "pairs.py:text_torch"
+        keras = "pairs.py:text_keras"
+        inputs = [{ name = "tokens", dtype = "int64", shape = ["batch", "seq"], range = [0, 30] }]
+        dims = { batch = [1, 4], seq = [3, 17] }
+    ''',
+    "user-bigru": '''
+        torch = "pairs.py:gru_torch"
+        keras = "pairs.py:gru_keras"
+        inputs = [{ name = "x", dtype = "float32", shape = ["batch", "time", 5] }]
+        dims = { batch = [1, 3], time = [1, 8] }
+    ''',
+}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pairs")
+    (folder / "pairs.py").write_text(MODELS)
+    return folder
+
+
+def spec(folder, name: str, source: str = "torch", body: str | None = None):
+    table = textwrap.dedent(body or PAIRS[name]) + f'source = "{source}"\n'
+    return toml_specs(tomllib.loads(f"[models.{name}]\n{table}"), folder / "spec.toml")[0]
+
+
+@pytest.mark.parametrize("source", ["torch", "keras"])
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_a_pair_agrees_after_transfer_and_its_files_pass_the_matrix(folder, tmp_path, name,
+                                                                     source):
+    s = spec(folder, name, source)
+    report = check([s], tmp_path, CheckOptions(providers=("cpu",), timing_runs=2))
+    result = report.models[0]
+    assert result.passed, [c.to_dict() for c in result.failed][:3]
+    paths = {p.name for p in result.paths}
+    assert paths == {"torch", "keras", "torch.onnx@cpu", "keras.onnx@cpu"}
+    assert {tuple(sorted(c.dims.items())) for c in result.checks} == {
+        tuple(sorted(p.items())) for p in s.matrix_points()}
+    for path in paths:
+        assert result.worst_against_oracle(path) < 1e-5
+    assert result.comparisons.worst("torch", "keras") < 1e-5
+    # both files carry the one signature: the channels-first image, dims by name
+    for framework in ("torch", "keras"):
+        model = onnx.load(str(tmp_path / f"{name}.{framework}.onnx"))
+        graph_input = model.graph.input[0]
+        dims = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+        assert dims == list(s.signature.inputs[0].shape)
+
+
+def test_the_keras_file_of_a_channels_last_pair_takes_the_torch_layout(folder, tmp_path):
+    """The transpose is inside the Keras file: the torch file's input runs in it unchanged,
+    and its logits equal the float64 torch model's."""
+    import torch
+
+    s = spec(folder, "user-cnn")
+    twins = build_twins(s)
+    report = check([s], tmp_path, CheckOptions(providers=("cpu",), timing_runs=2))
+    assert report.passed
+    x = sample_inputs(s, batch=6, seed=5)["image"]  # batch 6: a size no grid used
+    with torch.no_grad():
+        expected = twins.oracle().module(torch.from_numpy(x).double()).numpy()
+    got = Session(tmp_path / "user-cnn.keras.onnx").run({"image": x})["logits"]
+    assert np.abs(got - expected).max() < 1e-5
+
+
+def test_a_keras_batchnorm_left_at_its_default_epsilon_is_refused_naming_it(folder):
+    body = PAIRS["user-cnn"].replace("pairs.py:cnn_keras", "pairs.py:cnn_keras_default_epsilon")
+    with pytest.raises(OnnxtwinError) as e:
+        build_twins(spec(folder, "user-cnn", body=body))
+    message = str(e.value)
+    assert "model 'user-cnn'" in message and "BatchNorm" in message and "eps" in message
+    assert "\n" not in message
