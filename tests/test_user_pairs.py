@@ -172,3 +172,47 @@ def test_a_keras_batchnorm_left_at_its_default_epsilon_is_refused_naming_it(fold
     message = str(e.value)
     assert "model 'user-cnn'" in message and "BatchNorm" in message and "eps" in message
     assert "\n" not in message
+
+
+def _mlp_pair():
+    import keras
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    torch_model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 3))
+    keras_model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8),
+                                    keras.layers.LayerNormalization(epsilon=1e-5),
+                                    keras.layers.Activation("tanh"), keras.layers.Dense(3)])
+    return torch_model.eval(), keras_model
+
+
+def test_assert_twins_agree_moves_the_weights_then_names_a_diverging_layer():
+    from onnxtwin.conformance.parity import assert_twins_agree
+
+    torch_model, keras_model = _mlp_pair()
+    x = {"x": np.random.default_rng(0).random((5, 6), dtype=np.float32)}
+    with pytest.raises(AssertionError):  # Keras's own initialisation: not twins yet
+        assert_twins_agree(torch_model, keras_model, x)
+    assert_twins_agree(torch_model, keras_model, x, transfer=True)
+    dense = keras_model.layers[-1]
+    dense.kernel.assign(np.asarray(dense.kernel) * 1.5)  # the last layer only
+    with pytest.raises(AssertionError) as e:
+        assert_twins_agree(torch_model, keras_model, x)
+    assert "first diverging layer: 3 (torch) / " in str(e.value)
+    assert dense.name in str(e.value)
+
+
+def test_entry_from_models_is_checked_like_a_spec_file_entry(tmp_path):
+    from onnxtwin.builders import entry_from_models
+
+    torch_model, keras_model = _mlp_pair()
+    spec = entry_from_models(torch_model, keras_model, source="keras", outputs=["scores"],
+                             inputs=[{"name": "x", "dtype": "float32", "shape": ["batch", 6]}],
+                             dims={"batch": [1, 4]}, name="api-mlp")
+    twins = build_twins(spec)
+    assert twins.torch_model is torch_model and twins.keras_model is keras_model
+    keras_kernel = np.asarray(keras_model.layers[0].kernel)
+    assert np.array_equal(torch_model[0].weight.detach().numpy(), keras_kernel.T)
+    report = check([spec], tmp_path, CheckOptions(providers=("cpu",), timing_runs=2))
+    assert report.passed and report.models[0].worst_against_oracle("keras.onnx@cpu") < 1e-6
