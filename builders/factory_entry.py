@@ -175,15 +175,20 @@ class FactorySpec(EntrySpec):
 
 @functools.cache
 def _validate(spec: FactorySpec) -> None:
-    """Make each side's model and run it at every point of the grid (once per spec): a
-    factory that fails or a declared input a model rejects is one line naming the entry
-    and the point, before anything is built, exported or written."""
+    """Make each side's model, match a pair's layers, and run each model at every point of
+    the grid (once per spec): a factory that fails, layers that cannot be matched or a
+    declared input a model rejects is one line naming the entry, before anything is
+    built, exported or written."""
     from onnxtwin.builders.paths import KerasPath, TorchPath
 
     names = [t.name for t in spec.inputs]
-    for side in spec.frameworks:
-        path = TorchPath(spec.torch_model(), names, ()) if side == "torch" else KerasPath(
-            spec.keras_model(), names, (), channels_last=[t.channels_last for t in spec.inputs])
+    models = {side: spec.torch_model() if side == "torch" else spec.keras_model()
+              for side in spec.frameworks}
+    if len(models) == 2:  # layers that cannot be matched: refused before any work too
+        spec.match_layers(models["torch"], models["keras"])
+    for side, model in models.items():
+        path = TorchPath(model, names, ()) if side == "torch" else KerasPath(
+            model, names, (), channels_last=[t.channels_last for t in spec.inputs])
         for dims in spec.matrix_points():
             try:
                 path.run(spec.sample(dims))
