@@ -45,7 +45,7 @@ def _convert(maps: Iterable[LayerMap], given: Mapping[str, np.ndarray], to_keras
     for m, names in zip(maps, source, strict=True):
         convert, target = (m.to_keras, m.keras_paths) if to_keras else (m.to_torch, m.torch_names)
         arrays = convert(*(given[n] for n in names))
-        out.update(zip(target, (np.ascontiguousarray(a) for a in arrays), strict=True))
+        out.update(zip(target, (np.asarray(a, order="C") for a in arrays), strict=True))
     return out
 
 

@@ -8,6 +8,14 @@ import numpy as np
 
 from onnxtwin.builders import Twins
 from onnxtwin.builders.layers import LayerMap
+from onnxtwin.builders.matching import (
+    keras_calls,
+    keras_key,
+    keras_layers,
+    run_keras,
+    run_torch,
+    torch_hooks,
+)
 
 
 @dataclass(frozen=True)
@@ -32,22 +40,27 @@ class Localisation:
 def localise(twins: Twins, inputs: dict[str, np.ndarray], tolerance: float) -> Localisation:
     """Run both twins capturing every mapped layer's output and compare them in order.
 
-    A layer diverges when max abs > tolerance x max(1, output scale). The torch side runs
-    with gradients enabled, so nn.TransformerEncoderLayer takes its plain path and calls
-    its submodules (the fused fast path skips their hooks).
+    A layer diverges when max abs > tolerance x max(1, output scale). Torch outputs come
+    from forward hooks (gradients enabled, so nn.TransformerEncoderLayer calls its
+    submodules), Keras outputs from wrapping each layer's call: subclassed and nested Keras
+    models work as functional ones do.
     """
-    modules = dict(twins.torch_model.named_modules())
     pairs: dict[tuple[str, str], LayerMap] = {}
-    for m in twins.spec.layer_maps():  # one pair per layer: a BiLSTM's two directions are one
-        pairs.setdefault((_owner(m.torch_names[0]), m.keras_paths[0].split("/")[0]), m)
-    torch_out = _torch_activations(twins, inputs, [modules[t] for t, _ in pairs])
-    keras_out = _keras_activations(twins, inputs, [k for _, k in pairs])
+    for m in twins.layer_maps():  # one pair per layer: a BiLSTM's two directions are one
+        pairs.setdefault((m.torch_module, m.keras_layer), m)
+    specs = twins.spec.signature.inputs
+    by_key = _keras_layers(twins.keras_model, {k for _, k in pairs})
+    torch_out = _torch_outputs(twins.torch_model, [inputs[t.name] for t in specs],
+                               {t for t, _ in pairs})
+    keras_out = _keras_outputs(twins.keras_model, [
+        np.moveaxis(inputs[t.name], 1, -1) if t.channels_last else inputs[t.name]
+        for t in specs], by_key)
     diffs, first = [], None
     for (torch_name, keras_name), layer_map in pairs.items():
-        t, k = torch_out.get(torch_name), keras_out[keras_name]
-        if t is not None:
-            t = layer_map.align(t, twins.keras_model.get_layer(keras_name))
-        if t is None or t.shape != k.shape:
+        t, k = torch_out.get(torch_name), keras_out.get(keras_name)
+        if t is not None and k is not None:
+            t = layer_map.align(t, by_key[keras_name])
+        if t is None or k is None or t.shape != k.shape:
             diffs.append(LayerDiff(torch_name, keras_name, None, False))
             continue
         error = float(np.abs(t - k).max())
@@ -58,40 +71,43 @@ def localise(twins: Twins, inputs: dict[str, np.ndarray], tolerance: float) -> L
     return Localisation(first, tuple(diffs))
 
 
-def _owner(parameter: str) -> str:
-    """The module that holds a parameter: 'rnns.0.weight_ih_l0_reverse' -> 'rnns.0'."""
-    return parameter.rsplit(".", 1)[0] if "." in parameter else ""
+def _first(output):
+    """A layer's output, or the first of several (an RNN's sequence, attention's values)."""
+    return output[0] if isinstance(output, list | tuple) else output
 
 
-def _torch_activations(twins: Twins, inputs: dict[str, np.ndarray],
-                       modules: list) -> dict[str, np.ndarray]:
-    import torch
-
+def _torch_outputs(model, args: list[np.ndarray], names: set[str]) -> dict[str, np.ndarray]:
+    """Each named module's output at its first call."""
+    modules = {n: m for n, m in model.named_modules() if n in names}
+    name_of = {id(m): n for n, m in modules.items()}
     captured: dict[str, np.ndarray] = {}
-    names = {id(m): n for n, m in twins.torch_model.named_modules()}
 
-    def keep(module, _args, output):
-        first = output[0] if isinstance(output, tuple) else output
-        captured[names[id(module)]] = first.detach().numpy().copy()
+    def keep(module, output):
+        captured.setdefault(name_of[id(module)], _first(output).detach().numpy().copy())
 
-    handles = [m.register_forward_hook(keep) for m in modules]
-    args = [torch.from_numpy(np.ascontiguousarray(inputs[t.name]))
-            for t in twins.spec.signature.inputs]
-    try:
-        with torch.enable_grad():  # keeps torch off the fused fast paths that skip hooks
-            twins.torch_model(*args)
-    finally:
-        for h in handles:
-            h.remove()
+    with torch_hooks(modules.values(), lambda *_: None, keep):
+        run_torch(model, args)
     return captured
 
 
-def _keras_activations(twins: Twins, inputs: dict[str, np.ndarray],
-                       names: list[str]) -> dict[str, np.ndarray]:
-    from onnxtwin.builders.keras_support import keras
+def _keras_layers(model, keys: set[str]) -> dict:
+    """The Keras layers named by `keys`: a layer's path, else its name."""
+    found = {}
+    every = keras_layers(model)
+    for name in (keras_key, lambda layer: layer.name):
+        for layer in every:
+            if name(layer) in keys:
+                found.setdefault(name(layer), layer)
+    return found
 
-    model = twins.keras_model
-    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
-    args = [inputs[t.name] for t in twins.spec.signature.inputs]
-    outputs = probe(args, training=False)
-    return {n: np.asarray(o) for n, o in zip(names, outputs, strict=True)}
+
+def _keras_outputs(model, args: list[np.ndarray], wanted: dict) -> dict[str, np.ndarray]:
+    """Each wanted layer's output at its first call."""
+    captured: dict[int, np.ndarray] = {}
+
+    def keep(layer, output):
+        captured.setdefault(id(layer), np.asarray(_first(output)))
+
+    with keras_calls({id(v): v for v in wanted.values()}.values(), lambda *_: None, keep):
+        run_keras(model, args)
+    return {key: captured[id(layer)] for key, layer in wanted.items() if id(layer) in captured}
