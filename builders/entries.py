@@ -152,6 +152,9 @@ class EntrySpec(ModelSpec):
         example = self.example_dims()
         return [p for p in self.matrix_points() if p != example] or self.matrix_points()
 
+    def described(self) -> str:
+        return f"dims {dict((d, list(v)) for d, v in self.grid)}"
+
     def hyperparameters(self) -> dict[str, object]:
         """What the entry is, as JSON-ready values (stamped on its exports)."""
         return {"grid": {d: list(v) for d, v in self.grid}}

@@ -152,6 +152,11 @@ class FactorySpec(EntrySpec):
 
         return sample_inputs(self.input_signature, dims, seed=seed)
 
+    def described(self) -> str:
+        sides = ", ".join(f"{side} {ref}" for side, ref in self.factories.items())
+        weights = f", weights {self.weights}" if self.weights else ""
+        return f"{sides}, source {self.source}{weights}, {super().described()}"
+
     def hyperparameters(self) -> dict[str, object]:
         return {"factories": dict(self.factories), "source": self.source,
                 "weights": self.weights, "code_sha256": self.code,

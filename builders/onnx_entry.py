@@ -52,6 +52,9 @@ class OnnxSpec(EntrySpec):
     def hyperparameters(self) -> dict[str, object]:
         return {**super().hyperparameters(), "file": self.path.name, "sha256": self.sha256}
 
+    def described(self) -> str:
+        return f"file {self.path}, {super().described()}"
+
 
 def onnx_spec(name: str, table: Mapping[str, object], base: Path) -> OnnxSpec:
     """The spec of a `[models.NAME]` table with an `onnx` key; `base` is the folder a

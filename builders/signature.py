@@ -177,6 +177,10 @@ class ModelSpec:
         del fields["name"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
 
+    def described(self) -> str:
+        """What the spec is, in one line for `onnxtwin models`: its hyper-parameters."""
+        return ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items())
+
     @property
     def spec_hash(self) -> str:
         """sha256 of family and hyper-parameters: equal for equal architectures."""

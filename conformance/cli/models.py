@@ -41,7 +41,7 @@ def models(spec: SpecOption = None) -> None:
     table = Table("model", "family", "hyper-parameters", "signature")
     for name in names():
         s = get_spec(name)
-        params = ", ".join(f"{k}={v}" for k, v in s.hyperparameters().items())
+        params = s.described()
         sig = ", ".join(f"{t.name}:{t.dtype}{list(t.shape)}"
                         for t in (*s.signature.inputs, *s.signature.outputs))
         table.add_row(*map(Text, (name, s.family, params, sig)))
