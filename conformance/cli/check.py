@@ -109,6 +109,10 @@ def check(
     Each is compared with the float64 torch oracle and with every other path, at batch 1
     and 7 (seq 1, 12, 50, 256 for token models). Weights are random (--seed) unless
     --trained is given. OUT gets report.json, report.md, report.html and the .onnx files.
+
+    --spec entries of your own run at their `dims`: a pair's weights move from its
+    `source` first; one framework is checked against its own float64 run; an ONNX file
+    runs with optimisation off and on against onnx.reference.
     """
     from onnxtwin.conformance.orchestrator import CheckOptions
     from onnxtwin.conformance.tolerances import load_tolerances

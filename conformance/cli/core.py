@@ -36,7 +36,8 @@ errors = Console(stderr=True, emoji=False)
 
 MAX_SEED = 2**32 - 1  # numpy's and Keras's generators take no larger seed (builders.grids)
 SpecOption = Annotated[Path | None, typer.Option(
-    "--spec", help="TOML file of extra model variants (\\[models.NAME] tables).")]
+    "--spec", help="TOML file of \\[models.NAME] tables: family variants, your own models "
+                   "(torch/keras factories) and ONNX files (README: Your own models).")]
 
 
 class Source(StrEnum):
