@@ -22,7 +22,8 @@ def export_all(specs: Sequence[ModelSpec], frameworks: Sequence[str], out: str |
     """Build each spec's twins with `seed`, export them from every framework into OUT, and
     write OUT/export.json: the returned document.
 
-    The document: {"opset", "seed", "models": [{"model", "differences", "files"}]}, each
+    The document: {"opset", "seed", "models": [{"model", "differences", "files"}]} (and a
+    "note" where a model has nothing to export: an ONNX file entry), each
     file an ExportResult.to_dict() with, if `optimized`, an "optimized" record of the
     NAME.FRAMEWORK.opt.onnx written beside it ({"path", "gate_max_abs"}). Every request
     is checked before any work; OUT is held (folder_lock) against a second writer, so two
@@ -35,13 +36,16 @@ def export_all(specs: Sequence[ModelSpec], frameworks: Sequence[str], out: str |
     models = []
     with folder_lock(out):
         for spec in specs:
-            if not spec.frameworks:  # an ONNX file entry: already exported
-                models.append({"model": spec.name, "differences": [], "files": []})
+            wanted = [f for f in frameworks if f in spec.frameworks]
+            if not wanted:  # an ONNX file, or an entry without the framework asked for
+                models.append({"model": spec.name, "differences": [], "files": [],
+                               "note": "an ONNX file: nothing to export" if not spec.frameworks
+                               else f"has no {' or '.join(frameworks)} model"})
                 continue
             on_step(f"building {spec.name} ...")
             twins = build_twins(spec, seed=seed)
             results = []
-            for framework in (f for f in frameworks if f in twins.frameworks):
+            for framework in wanted:
                 on_step(f"exporting {spec.name} from {framework} ...")
                 results.append(export_model(twins, framework, out, opset=opset,
                                             use_cache=use_cache))

@@ -139,6 +139,8 @@ def export(
         f"ONNX exports, opset {opset} (gate: max abs error vs framework <= 1e-5)",
         ["model", "framework", "gate max abs", "nodes", "cache", "seconds"], rows))
     for m in document["models"]:
+        if "note" in m:
+            say(console, f"{m['model']}: {m['note']}")
         if m["differences"]:
             say(console, f"{m['model']}: the graphs differ in kind: "
                          f"{'; '.join(m['differences'])}")
