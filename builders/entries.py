@@ -24,7 +24,7 @@ from typing import ClassVar
 
 from onnxtwin.builders import grids
 from onnxtwin.builders.signature import ModelSpec, Signature
-from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.errors import OnnxtwinError, cause
 from onnxtwin.runtime.files import shown
 
 MAX_DIM = 2**16
@@ -55,12 +55,10 @@ def refuse(entry: str, expected: str, given: object) -> EntryError:
 def failed(entry: str, expected: str, error: BaseException) -> EntryError:
     """The one-line error of an entry whose model or factory raised `error`: its type and
     the first line of its message, which may hold the user's own words."""
-    text = str(error).strip()
-    cause = text.splitlines()[0][:500] if text else ""
     if isinstance(error, OnnxtwinError):
-        return EntryError(f"model {entry!r}: expected {expected}, got: {cause}")
+        return EntryError(f"model {entry!r}: expected {expected}, got: {cause(error, 600)}")
     return EntryError(f"model {entry!r}: expected {expected}, got {type(error).__name__}: "
-                      f"{cause}")
+                      f"{cause(error)}")
 
 
 def parse_dims(entry: str, value: object, signature_dims: tuple[str, ...]) -> Grid:

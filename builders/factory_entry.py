@@ -189,8 +189,6 @@ def _validate(spec: FactorySpec) -> None:
     names = [t.name for t in spec.inputs]
     models = {side: spec.torch_model() if side == "torch" else spec.keras_model()
               for side in spec.frameworks}
-    if len(models) == 2:  # layers that cannot be matched: refused before any work too
-        spec.match_layers(models["torch"], models["keras"])
     for side, model in models.items():
         path = TorchPath(model, names, ()) if side == "torch" else KerasPath(
             model, names, (), channels_last=[t.channels_last for t in spec.inputs])
@@ -200,6 +198,8 @@ def _validate(spec: FactorySpec) -> None:
             except OnnxtwinError as e:
                 raise failed(spec.name, f"the {side} model to take the declared inputs at "
                              f"{dims}", e) from None
+    if len(models) == 2:  # layers that cannot be matched: refused before any work too
+        spec.match_layers(models["torch"], models["keras"])
     spec.signature  # noqa: B018 - the outputs, found by running: refused here if they cannot be
 
 

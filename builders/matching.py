@@ -25,7 +25,7 @@ import numpy as np
 
 from onnxtwin.builders import layers
 from onnxtwin.builders.layers import LayerMap
-from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.errors import OnnxtwinError, cause
 
 Shape = tuple[int, ...]
 
@@ -162,6 +162,9 @@ def run_torch(model, args: Sequence[np.ndarray]) -> None:
     try:
         with torch.enable_grad():
             model(*(torch.from_numpy(np.ascontiguousarray(a)) for a in args))
+    except Exception as e:  # the user's model: one line
+        raise OnnxtwinError(f"torch model: expected it to run on the sample inputs, got "
+                            f"{type(e).__name__}: {cause(e)}") from None
     finally:
         for m, mode in modes:
             m.training = mode
@@ -201,7 +204,11 @@ def keras_calls(model_layers: Iterable, before: Callable, after: Callable) -> It
 
 def run_keras(model, args: Sequence[np.ndarray]) -> None:
     """One eager call in inference mode (one array alone, several as a list)."""
-    model(args[0] if len(args) == 1 else list(args), training=False)
+    try:
+        model(args[0] if len(args) == 1 else list(args), training=False)
+    except Exception as e:  # the user's model: one line
+        raise OnnxtwinError(f"keras model: expected it to run on the sample inputs, got "
+                            f"{type(e).__name__}: {cause(e)}") from None
 
 
 def keras_key(layer) -> str:
@@ -332,7 +339,32 @@ def _keras_side(model, args: Sequence[np.ndarray]) -> tuple[list[Call], list[Uni
             raise OnnxtwinError(f"keras {layer.name!r} ({type(layer).__name__}): expected "
                                 "every layer with weights to be called on the sample inputs")
         units.append(Unit(calls[id(layer)], *_keras_kind(layer), keras_key(layer)))
-    return _inputs(args) + list(calls.values()), sorted(units, key=lambda u: u.call.start)
+    return _inputs(args) + list(calls.values()), sorted(units, key=_definition_order(model))
+
+
+def _definition_order(model) -> Callable[[Unit], tuple[int, int]]:
+    """Sort key of Keras units: a functional or Sequential model's own layer order (the
+    order the user wrote the graph in; Keras runs independent branches, such as two heads,
+    in another order), then call order inside each layer; a subclassed model's call order."""
+    if not _is_graph(model):
+        return lambda unit: (0, unit.call.start)
+    rank = {}
+    for index, top in enumerate(model.layers):
+        for layer in [top, *keras_layers(top)]:
+            rank.setdefault(id(layer), index)
+    return lambda unit: (rank.get(id(unit.obj), len(rank)), unit.call.start)
+
+
+def _is_graph(model) -> bool:
+    """Whether a Keras model is a graph of layers (functional or Sequential), whose
+    `layers` are in the order the graph was written."""
+    from onnxtwin.builders.keras_support import keras
+
+    try:
+        from keras.src.models.functional import Functional  # no public name for it
+    except ImportError:  # a Keras that moved it: call order, as for subclassed models
+        return isinstance(model, keras.Sequential)
+    return isinstance(model, keras.Sequential | Functional)
 
 
 def _refuse_unsupported_keras(model, found: list) -> None:
@@ -480,12 +512,31 @@ def _conv(p: Pair) -> list[LayerMap]:
     _require_bias(p, m.bias is not None, layer.use_bias)
     t_in, k_in = p.torch.call.input, p.keras.call.input
     t_pad, k_pad = _torch_padding(m, t_in[2:]), _keras_padding(layer, k_in[1:-1])
+    zero_padded = _zero_padding_before(p)
+    if zero_padded:  # Keras' way to pad symmetrically: ZeroPadding, then a 'valid' conv
+        k_pad = tuple(a + b for a, b in zip(zero_padded, k_pad, strict=True))
     t_out, k_out = p.torch.call.output[2:], p.keras.call.output[1:-1]
     p.require((t_pad, t_out) == (k_pad, k_out), "equal padding",
               f"padding {m.padding}: before {t_pad}, output {t_out}",
               f"padding {layer.padding!r}: before {k_pad}, output {k_out}")
     converted = layers.conv(p.torch.key, p.keras.key, rank, layer.use_bias)
     return [p.mapped(converted, _variables(layer, "kernel", "bias"), layers.channels_last)]
+
+
+def _zero_padding_before(p: Pair) -> tuple[int, ...]:
+    """The padding before each spatial axis of a Keras ZeroPadding1D/2D whose output is the
+    conv's input (the call that ended last before the conv started); () if none."""
+    from onnxtwin.builders.keras_support import keras
+
+    previous = max((c for c in p.keras_calls if 0 <= c.end < p.keras.call.start),
+                   key=lambda c: c.end, default=None)
+    kinds = (keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D)
+    if previous is None or not isinstance(previous.obj, kinds) \
+            or previous.output != p.keras.call.input:
+        return ()
+    padding = previous.obj.padding
+    pairs = (padding,) if isinstance(previous.obj, keras.layers.ZeroPadding1D) else padding
+    return tuple(int(before) for before, _ in pairs)
 
 
 def _embedding(p: Pair) -> list[LayerMap]:

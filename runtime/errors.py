@@ -1,8 +1,11 @@
-"""The one exception type for errors a user can cause.
+"""The one exception type for errors a user can cause, and how a library's error is said
+in one line.
 
 It lives in the runtime, the package every other one may import, because the
 runtime must stay free of torch and TensorFlow and still share the error type.
 """
+
+import re
 
 
 class OnnxtwinError(Exception):
@@ -17,3 +20,22 @@ def first_line(error: Exception) -> str:
     """The first non-empty line of a library's error message (onnxruntime's, onnx's)."""
     lines = [s.strip() for s in str(error).splitlines() if s.strip()]
     return lines[0] if lines else type(error).__name__
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_WRAPPERS = ("Exception encountered when calling",)
+"""First lines that only say where an error happened (Keras wraps a layer's error so)."""
+
+
+def cause(error: BaseException, limit: int = 400) -> str:
+    """A framework error in one line: its first line, with the next one when the first only
+    says where (Keras' "Exception encountered when calling Sequential.call()." or a line
+    ending in a colon), terminal colours removed, at most `limit` characters."""
+    lines = [_ANSI.sub("", s).strip() for s in str(error).splitlines()]
+    lines = [s for s in lines if s]
+    if not lines:
+        return ""
+    text = lines[0]
+    if len(lines) > 1 and (text.startswith(_WRAPPERS) or text.endswith(":")):
+        text = f"{text} {lines[1]}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."

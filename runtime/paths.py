@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.errors import OnnxtwinError, cause
 
 Arrays = dict[str, np.ndarray]
 
@@ -55,9 +55,8 @@ class ModelPath(ABC):
         except OnnxtwinError:
             raise
         except Exception as e:  # a framework's own error: one line, naming the path
-            cause = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise OnnxtwinError(f"path {self.name!r}: expected the model to run, got "
-                                f"{type(e).__name__}: {cause}") from None
+                                f"{type(e).__name__}: {cause(e)}") from None
         if isinstance(outputs, Mapping):  # outputs by name: take the declared ones
             missing = [n for n in self.output_names if n not in outputs]
             if missing:

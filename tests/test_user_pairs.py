@@ -216,3 +216,61 @@ def test_entry_from_models_is_checked_like_a_spec_file_entry(tmp_path):
     assert np.array_equal(torch_model[0].weight.detach().numpy(), keras_kernel.T)
     report = check([spec], tmp_path, CheckOptions(providers=("cpu",), timing_runs=2))
     assert report.passed and report.models[0].worst_against_oracle("keras.onnx@cpu") < 1e-6
+
+
+def _two_heads(widths: tuple[int, int]):
+    """Two inputs, a shared trunk and two heads; Keras runs the second head first."""
+    import keras
+    import torch
+    from torch import nn
+
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(3, 6)
+            self.head1, self.head2 = nn.Linear(6, widths[0]), nn.Linear(6, widths[1])
+
+        def forward(self, feats, extra):
+            h = torch.tanh(self.a(feats) + self.b(extra))
+            return self.head1(h), self.head2(h)
+
+    feats, extra = keras.Input((4,)), keras.Input((3,))
+    h = keras.layers.Activation("tanh")(keras.layers.Add()([keras.layers.Dense(6)(feats),
+                                                          keras.layers.Dense(6)(extra)]))
+    heads = [keras.layers.Dense(w)(h) for w in widths]
+    return Heads().eval(), keras.Model([feats, extra], heads)
+
+
+@pytest.mark.parametrize("widths", [(2, 2), (2, 1)])
+def test_two_heads_are_matched_in_the_order_the_graph_was_written(widths):
+    from onnxtwin.conformance.parity import assert_twins_agree
+
+    torch_model, keras_model = _two_heads(widths)
+    rng = np.random.default_rng(0)
+    x = {"feats": rng.random((5, 4), dtype=np.float32),
+         "extra": rng.random((5, 3), dtype=np.float32)}
+    assert_twins_agree(torch_model, keras_model, x, transfer=True)
+    second = keras_model.layers[-1]
+    assert np.array_equal(np.asarray(second.kernel), torch_model.head2.weight.detach().numpy().T)
+
+
+def test_a_strided_conv_padded_by_a_keras_zeropadding_layer_is_the_torch_padding():
+    """Keras 'same' pads 0 before and 1 after at stride 2; torch's padding=1 is matched
+    by ZeroPadding2D(1) then a 'valid' conv, and the weights move across it."""
+    import keras
+    from torch import nn
+
+    from onnxtwin.builders import entry_from_models
+
+    torch_model = nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.ReLU(),
+                                nn.Flatten(), nn.Linear(6 * 4 * 4, 3)).eval()
+    keras_model = keras.Sequential([
+        keras.Input((8, 8, 4)), keras.layers.ZeroPadding2D(1),
+        keras.layers.Conv2D(6, 3, strides=2, padding="valid", activation="relu"),
+        keras.layers.Flatten(), keras.layers.Dense(3)])
+    x = np.random.default_rng(0).random((2, 4, 8, 8), dtype=np.float32)
+    spec = entry_from_models(torch_model, keras_model, dims={"batch": [1, 2]}, inputs=[
+        {"name": "x", "dtype": "float32", "shape": ["batch", 4, 8, 8], "channels_last": True}])
+    twins = build_twins(spec)
+    got, want = twins.keras.run({"x": x}), twins.oracle().run({"x": x})
+    assert np.abs(got["output_0"] - want["output_0"]).max() < 1e-6
