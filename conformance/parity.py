@@ -72,7 +72,10 @@ def _first_divergent(twins, inputs: Inputs, tolerance: float) -> str:
         found = localise(twins, dict(inputs), tolerance).first_divergent
     except OnnxtwinError as e:
         return f"layers not localised: {e}"
-    return f"first diverging layer: {found or 'none of the matched layers'}"
+    if found:
+        return f"first diverging layer: {found}"
+    return ("every matched layer agrees: the cause is outside them (an activation, a pooling, "
+            "a reshape, an op in forward)")
 
 
 def assert_onnx_matches(path: str | Path, reference: Any, inputs: Inputs,

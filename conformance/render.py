@@ -100,7 +100,12 @@ def failures(document: dict, limit: int = 20) -> list[str]:
                              f"sensitivity explains (max abs {_e(p['max_abs_vs_oracle'])})")
         if m["localisation"]:
             first = m["localisation"]["first_divergent"]
-            lines.append(f"{m['name']}: the twins first diverge at layer {first}")
+            compared = [r for r in m["localisation"]["layers"] if r["max_abs"] is not None]
+            last = f" ({compared[-1]['torch']} / {compared[-1]['keras']})" if compared else ""
+            lines.append(f"{m['name']}: the twins first diverge at layer {first}" if first else
+                         f"{m['name']}: every matched layer agrees, yet the outputs differ: "
+                         f"the cause is outside the matched layers, after the last{last} or "
+                         "between them (an activation, a pooling, a reshape, an op in forward)")
         if nodes := m["node_localisation"]:
             pair, where = f"{nodes['actual']} and {nodes['expected']}", _shape(nodes["dims"], m)
             lines.append(f"{m['name']}: {pair} first differ at {nodes['first_divergent']} "

@@ -274,3 +274,30 @@ def test_a_strided_conv_padded_by_a_keras_zeropadding_layer_is_the_torch_padding
     twins = build_twins(spec)
     got, want = twins.keras.run({"x": x}), twins.oracle().run({"x": x})
     assert np.abs(got["output_0"] - want["output_0"]).max() < 1e-6
+
+
+def test_outputs_that_part_outside_every_matched_layer_are_said_so(tmp_path):
+    """Keras fuses a relu into its last Dense where torch has none: each matched layer
+    agrees (the fused activation is applied to torch's output before comparing), so the
+    report says the cause lies outside the matched layers instead of naming none."""
+    import keras
+    from torch import nn
+
+    from onnxtwin.builders import entry_from_models
+    from onnxtwin.conformance.render import failures
+
+    torch_model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    keras_model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"),
+                                    keras.layers.Dense(3, activation="relu")])
+    spec = entry_from_models(torch_model, keras_model, dims={"batch": [4]}, name="fused-relu",
+                             inputs=[{"name": "x", "dtype": "float32", "shape": ["batch", 6]}])
+    report = check([spec], tmp_path, CheckOptions(providers=("cpu",), timing_runs=2))
+    assert not report.passed
+    localisation = report.models[0].localisation
+    assert localisation.first_divergent is None
+    assert all(row.max_abs < 1e-6 for row in localisation.layers)
+    said = [line for line in failures(report.to_dict()) if "matched layer" in line]
+    last = keras_model.layers[-1].path  # Keras numbers its names per process
+    assert said == [f"fused-relu: every matched layer agrees, yet the outputs differ: the cause "
+                    f"is outside the matched layers, after the last (2 / {last}) or between "
+                    f"them (an activation, a pooling, a reshape, an op in forward)"]
