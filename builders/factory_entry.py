@@ -419,7 +419,8 @@ def _import_file(file: Path):
 def entry_from_models(torch_model=None, keras_model=None, *,
                       inputs: Sequence[Mapping[str, object]], outputs: Sequence[str] = (),
                       dims: Mapping[str, Sequence[int]] | None = None, source: str = "torch",
-                      name: str = "my-model") -> FactorySpec:
+                      name: str = "my-model",
+                      example: Mapping[str, int] | None = None) -> FactorySpec:
     """An entry around model objects already built: what a TOML table says, from Python.
 
         spec = entry_from_models(torch_model, keras_model, source="torch",
@@ -438,9 +439,11 @@ def entry_from_models(torch_model=None, keras_model=None, *,
     if source not in given:
         raise refuse(name, f"source among the models given {list(given)}", source)
     inputs_ = parse_inputs(name, table["inputs"])
-    grid = parse_dims(name, table["dims"], Signature(inputs_, ()).dims)
+    signature_dims = Signature(inputs_, ()).dims
+    grid = parse_dims(name, table["dims"], signature_dims)
     return FactorySpec(
         name=safe_name(name, "model name"), grid=grid,
+        example=parse_example(name, None if example is None else dict(example), signature_dims),
         factories={s: f"{type(m).__module__}.{type(m).__qualname__}" for s, m in given.items()},
         source=source, inputs=inputs_,
         output_names=parse_outputs(name, table["outputs"]),

@@ -6,7 +6,7 @@ output compared, with a failure message that shows every comparison.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import numpy as np
 
 from onnxtwin.runtime import FLOAT32_ABS_TOLERANCE, Session
 from onnxtwin.runtime.comparison import Case, Comparisons, compare_paths
+from onnxtwin.runtime.errors import OnnxtwinError
 from onnxtwin.runtime.paths import FunctionPath, ModelPath, OnnxPath, PathInfo
 
 Inputs = Mapping[str, np.ndarray]
@@ -33,34 +34,50 @@ def twins_agree(torch_model: Any, keras_model: Any, inputs: Inputs, oracle: bool
 
 def assert_twins_agree(torch_model: Any, keras_model: Any, inputs: Inputs,
                        tolerance: float = FLOAT32_ABS_TOLERANCE, oracle: bool = True,
-                       transfer: bool = False, source: str = "torch") -> None:
+                       transfer: bool = False, source: str = "torch",
+                       channels_last: Sequence[str] = ()) -> None:
     """AssertionError, listing every comparison, unless all are within `tolerance` (max abs).
 
     With `transfer`, the weights first move from `source` into the other model (layers
     matched in call order, onnxtwin.builders.matching). A failure names the first layer
-    pair whose outputs diverge, when the layers can be matched.
+    pair whose outputs diverge, when the layers can be matched. Inputs named in
+    `channels_last` are given channels-first (torch's layout) and moved for Keras.
     """
     from onnxtwin.builders import Twins, build_twins
 
-    spec = _user_spec(torch_model, keras_model, inputs, source)
+    spec = _user_spec(torch_model, keras_model, inputs, source, channels_last)
     twins = build_twins(spec) if transfer else Twins(spec, torch_model, keras_model)
-    result = twins_agree(torch_model, keras_model, inputs, oracle, tolerance)
+    result = _agree(twins, inputs, oracle, tolerance) if channels_last else \
+        twins_agree(torch_model, keras_model, inputs, oracle, tolerance)
     if not result.passed:
         _assert(result, tolerance, _first_divergent(twins, inputs, tolerance))
 
 
-def _user_spec(torch_model: Any, keras_model: Any, inputs: Inputs, source: str):
-    """The entry of these two objects; the inputs' first axis is the batch, the rest fixed."""
+def _user_spec(torch_model: Any, keras_model: Any, inputs: Inputs, source: str,
+               channels_last: Sequence[str] = ()):
+    """The entry of these two objects; the inputs' first axis is the batch (its size the
+    one given), the rest fixed."""
     from onnxtwin.builders import entry_from_models
 
+    unknown = sorted(set(channels_last) - set(inputs))
+    if unknown:
+        raise OnnxtwinError(f"channels_last: expected names of the inputs {list(inputs)}, "
+                            f"got {unknown}")
     declared = [{"name": n, "dtype": np.asarray(a).dtype.name,
-                 "shape": ["batch", *np.shape(a)[1:]],
+                 "shape": ["batch", *np.shape(a)[1:]], "channels_last": n in channels_last,
                  **({"range": [int(np.min(a)), int(np.max(a)) + 1]}
                     if np.asarray(a).dtype.kind in "iu" else {})}
                 for n, a in inputs.items()]
     batch = len(next(iter(inputs.values())))
     return entry_from_models(torch_model, keras_model, inputs=declared, source=source,
-                             dims={"batch": [batch]}, name="assert-twins-agree")
+                             dims={"batch": [batch]}, name="assert-twins-agree",
+                             example={"batch": batch} if batch >= 2 else None)
+
+
+def _agree(twins, inputs: Inputs, oracle: bool, tolerance: float) -> Comparisons:
+    """The twins' own paths (which move channels-last inputs) compared on `inputs`."""
+    return compare_paths([twins.torch, twins.keras], twins.oracle() if oracle else None,
+                         [Case({}, dict(inputs))], tolerance)
 
 
 def _first_divergent(twins, inputs: Inputs, tolerance: float) -> str:

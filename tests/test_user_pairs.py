@@ -301,3 +301,24 @@ def test_outputs_that_part_outside_every_matched_layer_are_said_so(tmp_path):
     assert said == [f"fused-relu: every matched layer agrees, yet the outputs differ: the cause "
                     f"is outside the matched layers, after the last (2 / {last}) or between "
                     f"them (an activation, a pooling, a reshape, an op in forward)"]
+
+
+def test_assert_twins_agree_feeds_a_channels_last_keras_model_from_torch_layout():
+    import keras
+    from torch import nn
+
+    from onnxtwin.conformance.parity import assert_twins_agree
+
+    torch_model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(),
+                                nn.Linear(4 * 6 * 6, 2)).eval()
+    keras_model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+                                    keras.layers.ReLU(), keras.layers.Flatten(),
+                                    keras.layers.Dense(2)])
+    x = {"image": np.random.default_rng(1).random((2, 3, 8, 8), dtype=np.float32)}
+    assert_twins_agree(torch_model, keras_model, x, transfer=True, channels_last=["image"])
+    conv = keras_model.layers[0]
+    assert np.array_equal(np.asarray(conv.kernel),
+                          torch_model[0].weight.detach().numpy().transpose(2, 3, 1, 0))
+    with pytest.raises(OnnxtwinError, match=r"channels_last: expected names of the inputs "
+                                            r"\['image'\], got \['x'\]"):
+        assert_twins_agree(torch_model, keras_model, x, channels_last=["x"])
