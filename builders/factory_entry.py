@@ -398,18 +398,17 @@ def load_factory(entry: str, side: str, ref: str, base: Path) -> tuple[Factory, 
 
 
 def _import_file(file: Path):
-    """Import a Python file as a module of its own (its folder first on sys.path, so it
-    can import its neighbours); the same file is imported once."""
+    """Import a Python file as a module of its own; the same file is imported once. Its
+    folder joins sys.path (as `python file.py` would put it), so the file and its
+    factories, when called later, can import their neighbours."""
     name = f"onnxtwin_user_{file_hash(file)[:16]}"
     if name in sys.modules:
         return sys.modules[name]
+    if str(file.parent) not in sys.path:
+        sys.path.insert(0, str(file.parent))
     spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(file.parent))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(file.parent))
+    spec.loader.exec_module(module)
     sys.modules[name] = module
     return module
 

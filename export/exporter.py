@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 
 from onnxtwin.builders import Twins
-from onnxtwin.builders.weights import keras_state, weights_hash
+from onnxtwin.builders.weights import weights_hash
 from onnxtwin.export import cache
 from onnxtwin.export.gate import GateCase, check_file, run_against
 from onnxtwin.export.graphs import node_ops
@@ -96,12 +96,14 @@ def export_model(twins: Twins, framework: str, out_dir: str | Path, opset: int =
     check_request(framework, opset)
     spec, start = twins.spec, time.perf_counter()
     path = inside(out_dir, f"{spec.name}.{framework}.onnx")
-    weights = weights_hash(twins.weights)
-    props = export_props(spec, framework, weights, opset)
     # The file holds the exported twin's own weights: for Keras, what the layer maps made of
-    # the torch weights. Hash those too, so a changed mapping never hits a stale entry.
-    exported_weights = weights if framework == "torch" else weights_hash(
-        keras_state(twins.keras_model))
+    # the torch weights. Hash those too, so a changed mapping never hits a stale entry; by
+    # position, not path: Keras numbers auto-named layers per process (dense_3 ...).
+    exported_weights = weights_hash(twins.weights) if framework == "torch" else weights_hash(
+        {f"{i:06d}": v.numpy() for i, v in enumerate(twins.keras_model.weights)})
+    weights = weights_hash(twins.weights) if twins.torch_model is not None \
+        else exported_weights  # a Keras-only entry's canonical weights are its own
+    props = export_props(spec, framework, weights, opset)
     key = cache.cache_key(props=props, exported_weights=exported_weights, ir=IR_VERSION,
                           tolerance=tolerance)
     if use_cache and (hit := cache.fetch(key, path)):

@@ -274,3 +274,16 @@ def test_a_file_that_parts_from_its_torch_model_is_localised_to_the_module(folde
     assert by_module["embed"].max_abs == 0 and by_module["norm"].max_abs < 1e-6
     assert by_module["mix"].diverged and by_module["mix"].max_abs > 1e-3
     assert "torch module 'mix'" in found.first_divergent
+
+
+def test_a_keras_export_is_cached_whatever_names_keras_numbered_its_layers(folder, tmp_path):
+    """A second build names its layers dense_5 ... instead of dense ...: same weights, same
+    graph, so the export cache must still hit."""
+    from onnxtwin.export import export_model
+
+    spec, = specs(folder, TWO_INPUTS)
+    first, second = build_twins(spec), build_twins(spec)
+    paths = [v.path for v in first.keras_model.weights]
+    assert paths != [v.path for v in second.keras_model.weights]
+    assert not export_model(first, "keras", tmp_path / "a").cache_hit
+    assert export_model(second, "keras", tmp_path / "b").cache_hit
