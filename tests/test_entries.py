@@ -285,5 +285,5 @@ def test_a_keras_export_is_cached_whatever_names_keras_numbered_its_layers(folde
     first, second = build_twins(spec), build_twins(spec)
     paths = [v.path for v in first.keras_model.weights]
     assert paths != [v.path for v in second.keras_model.weights]
-    assert not export_model(first, "keras", tmp_path / "a").cache_hit
+    export_model(first, "keras", tmp_path / "a")  # a miss, or a hit of an earlier test's
     assert export_model(second, "keras", tmp_path / "b").cache_hit
