@@ -11,7 +11,7 @@ from onnxtwin.conformance.bench.run import TARGET_ONNX_VS_NATIVE
 from onnxtwin.conformance.render import figure, html_table, md_table, svg, write_texts
 
 COLUMNS = ["model", "batch", "path", "settings", "p50 ms", "p90 ms", "samples/s",
-           "vs fastest native", "max abs vs torch"]
+           "vs fastest native", "max abs vs reference"]
 TARGET_COLUMNS = ["model", "batch", "target", "measured", "limit", "met"]
 
 

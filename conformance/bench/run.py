@@ -28,7 +28,9 @@ Inputs = dict[str, np.ndarray]
 BATCHES = grids.BENCH_BATCHES
 SEQ = grids.BENCH_SEQ
 REFERENCE = "torch eager"
-"""The name of the reference every contender is validated against (torch eager, float32)."""
+"""The name of the reference every contender is validated against: torch eager in float32,
+or Keras eager for a model with no torch side (its "max_abs_vs_torch" is then vs Keras;
+the result's "reference" says which)."""
 TARGET_ONNX_VS_NATIVE = 0.8  # the faster ONNX path on CPU / the fastest native framework
 TARGET_KERAS_VS_TORCH_FILE = 1.15  # the Keras-exported file / the torch-exported one
 TARGET_CNN_PEAK = 0.6  # CNN at batch 64: fraction of the measured float32 matmul peak
@@ -324,6 +326,7 @@ def bench_model(twins, out: Path, options: BenchOptions, providers: list[str],
         flops = None if twins.torch_model is None else torch_flops(spec, twins.torch_model,
                                                                     inputs)
         results.append({"name": spec.name, "batch": batch, "seq": dims.get("seq"),
+                        "reference": reference.info.framework,  # torch eager, else keras
                         "flops": flops, "contenders": timed, "skipped": skipped,
                         "targets": targets(spec.name, batch, timed, flops, peak_gflops)})
     return results
