@@ -304,7 +304,7 @@ def bench_model(twins, out: Path, options: BenchOptions, providers: list[str],
     signature = spec.signature
     reference = TorchPath(twins.torch_model, signature.input_names, signature.output_names,
                           name=REFERENCE) if twins.torch_model is not None else KerasPath(
-        twins.keras_model, signature.input_names, signature.output_names, name=REFERENCE,
+        twins.keras_model, signature.input_names, signature.output_names, name="keras eager",
         channels_last=[t.channels_last for t in signature.inputs])
     files = {}
     for fw in twins.frameworks:
