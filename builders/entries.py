@@ -17,6 +17,7 @@ checks, and the base class.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,10 @@ MAX_DIM = 2**16
 """Largest value a dim of an entry's grid may take."""
 MAX_POINTS = 64
 """Most points an entry's grid may expand to (each one runs every path)."""
-EXAMPLE_SIZES = (3, 5, 6, 9, 10, 11)
-"""Export example sizes for dims a grid names, in order: >= 2 and distinct, so the torch
-exporter keeps each dim dynamic (grids.EXPORT_EXAMPLE for `batch` and `seq`)."""
+EXAMPLE_FIRST = 6
+"""The first export example size for a dim grids.EXPORT_EXAMPLE does not size (3 for
+`batch`, 5 for `seq`); each next one is the next unused: sizes >= 2 and distinct, so
+the torch exporter keeps each dim dynamic."""
 
 RESERVED_DIMS = frozenset({"actual", "expected", "output", "tolerance", "passed", "max_abs",
                            "max_rel", "argmax_agreement", "nonfinite", "model", "dims"})
@@ -127,10 +129,19 @@ class EntrySpec(ModelSpec):
         assert self.entry_signature is not None
         return self.entry_signature
 
-    def example_dims(self) -> dict[str, int]:
-        """The export example: grids.EXPORT_EXAMPLE's sizes, else distinct sizes >= 2."""
-        spare = iter(s for s in EXAMPLE_SIZES if s not in grids.EXPORT_EXAMPLE.values())
-        return {d: grids.EXPORT_EXAMPLE.get(d) or next(spare) for d in self.input_dims}
+    def example_dims(self, given: Mapping[str, int] | None = None) -> dict[str, int]:
+        """The export example: the `given` sizes, grids.EXPORT_EXAMPLE's, else distinct
+        sizes >= 2 (distinct, so that an output axis is named for the right dim)."""
+        given = dict(given or {})
+        taken = set(given.values())
+        sizes = {}
+        for d in self.input_dims:
+            size = given.get(d) or grids.EXPORT_EXAMPLE.get(d)
+            if size is None or (size in taken and d not in given):
+                size = next(s for s in itertools.count(EXAMPLE_FIRST) if s not in taken)
+            sizes[d] = size
+            taken.add(size)
+        return sizes
 
     @property
     def input_dims(self) -> tuple[str, ...]:

@@ -17,11 +17,11 @@ float64 run. The output dtypes and shapes are found by running the source model.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib
 import importlib.util
 import sys
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +75,7 @@ class FactorySpec(EntrySpec):
 
     @property
     def signature(self) -> Signature:
-        return Signature(self.inputs, _outputs(self))
+        return Signature(self.inputs, self._memo("outputs", _outputs))
 
     @property
     def input_signature(self) -> Signature:
@@ -87,7 +87,7 @@ class FactorySpec(EntrySpec):
         return self.input_signature.dims
 
     def example_dims(self) -> dict[str, int]:
-        return {**super().example_dims(), **dict(self.example)}
+        return super().example_dims(dict(self.example))
 
     def torch_model(self):
         """A new torch model from the factory, in eval mode."""
@@ -128,6 +128,10 @@ class FactorySpec(EntrySpec):
         from onnxtwin.builders.weights import load_torch_state, read_weights
 
         what = f"model {self.name!r}: weights {self.weights}"
+        side = "torch" if _is_torch(model) else "keras"
+        if side != self.source:
+            raise refuse(self.name, f"source {self.source!r}, whose weights file it gives",
+                         side)
         if self.source == "torch":
             load_torch_state(model, read_weights(self.weights)[0], what)
             return model
@@ -142,10 +146,29 @@ class FactorySpec(EntrySpec):
         from onnxtwin.builders.keras_support import float64_twin
 
         args = keras_args(self.input_signature, self.sample(self.example_dims()))
-        return float64_twin(self.callables["keras"], model, args)
+        try:
+            twin = float64_twin(self.callables["keras"], model, args)
+        except OnnxtwinError:
+            raise
+        except Exception as e:  # the user's factory under a float64 policy
+            raise failed(self.name, "the keras factory to build and run the model in float64 "
+                         "(its oracle)", e) from None
+        if twin is model:  # entry_from_models: the factory returns the object itself
+            raise refuse(self.name, "a keras factory that builds a new model (its float64 "
+                         "oracle is the model rebuilt in float64), or a torch model as well",
+                         "a model object")
+        return twin
 
     def validate(self) -> None:
-        _validate(self)
+        self._memo("validated", _validate)
+
+    def _memo(self, key: str, compute: Callable[[FactorySpec], Any]) -> Any:
+        """`compute(self)` once per spec object: equal specs of different model objects
+        (two `entry_from_models` calls) must not share a result, nor keep models alive."""
+        memo = self.__dict__.setdefault("_memos", {})
+        if key not in memo:
+            memo[key] = compute(self)
+        return memo[key]
 
     def sample(self, dims: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
         from onnxtwin.builders.inputs import sample_inputs
@@ -178,7 +201,6 @@ class FactorySpec(EntrySpec):
         return model
 
 
-@functools.cache
 def _validate(spec: FactorySpec) -> None:
     """Make each side's model, match a pair's layers, and run each model at every point of
     the grid (once per spec): a factory that fails, layers that cannot be matched or a
@@ -203,6 +225,12 @@ def _validate(spec: FactorySpec) -> None:
     spec.signature  # noqa: B018 - the outputs, found by running: refused here if they cannot be
 
 
+def _is_torch(model) -> bool:
+    import torch
+
+    return isinstance(model, torch.nn.Module)
+
+
 def keras_args(signature: Signature, inputs: Mapping[str, np.ndarray], listed: bool = False):
     """The Keras model's argument: the inputs in order (channels-last ones moved), one array
     alone unless `listed`."""
@@ -211,15 +239,17 @@ def keras_args(signature: Signature, inputs: Mapping[str, np.ndarray], listed: b
     return args if listed or len(args) > 1 else args[0]
 
 
-@functools.cache
 def _outputs(spec: FactorySpec) -> tuple[TensorSpec, ...]:
-    """Output dtypes and shapes, from the source model run at the example and at the
-    example with every dim one larger: an axis that follows a dim is named for it, one
-    that changes otherwise is named NAME_AXIS, one that stays is fixed."""
+    """Output dtypes and shapes, from the source model run at the example and at a second
+    point where every dim differs (the largest other size of its grid): an axis that
+    follows a dim is named for it, one that changes otherwise is named NAME_AXIS, one that
+    stays is fixed."""
     from onnxtwin.builders.paths import KerasPath, TorchPath
 
     first = spec.example_dims()
-    second = {d: v + 1 for d, v in first.items()}
+    grid = dict(spec.grid)  # a declared size where one differs: a model may take no other
+    second = {d: max((v for v in grid.get(d, ()) if v != size), default=size + 1)
+              for d, size in first.items()}
     side = spec.source if spec.source in spec.frameworks else spec.frameworks[0]
     model = spec.torch_model() if side == "torch" else spec.keras_model()
     names = [t.name for t in spec.inputs]
@@ -355,8 +385,10 @@ def parse_example(entry: str, value: object, dims: tuple[str, ...]) -> tuple[tup
     if value is None:
         return ()
     if (not isinstance(value, Mapping) or not set(value) <= set(dims)
-            or not all(type(v) is int and 2 <= v <= 2**16 for v in value.values())):
-        raise refuse(entry, f"example as {{dim = size >= 2}} over the dims {list(dims)}", value)
+            or not all(type(v) is int and 2 <= v <= 2**16 for v in value.values())
+            or len(set(value.values())) != len(value)):
+        raise refuse(entry, f"example as {{dim = size >= 2}} over the dims {list(dims)}, "
+                     "sizes distinct", value)
     return tuple(value.items())
 
 
@@ -401,15 +433,20 @@ def _import_file(file: Path):
     """Import a Python file as a module of its own; the same file is imported once. Its
     folder joins sys.path (as `python file.py` would put it), so the file and its
     factories, when called later, can import their neighbours."""
-    name = f"onnxtwin_user_{file_hash(file)[:16]}"
+    key = hashlib.sha256(f"{file}\0{file_hash(file)}".encode()).hexdigest()[:16]
+    name = f"onnxtwin_user_{key}"  # this file, with this content
     if name in sys.modules:
         return sys.modules[name]
     if str(file.parent) not in sys.path:
         sys.path.insert(0, str(file.parent))
     spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules[name] = module
+    sys.modules[name] = module  # before it runs: dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
 
@@ -446,20 +483,20 @@ def entry_from_models(torch_model=None, keras_model=None, *,
         factories={s: f"{type(m).__module__}.{type(m).__qualname__}" for s, m in given.items()},
         source=source, inputs=inputs_,
         output_names=parse_outputs(name, table["outputs"]),
-        code=_source_hash(given.values()),
+        code=f"{_source_hash(given.values())}-{uuid.uuid4().hex}",  # these objects only
         callables={s: (lambda m=m: m) for s, m in given.items()})
 
 
 def _source_hash(models) -> str:
-    """sha256 of the files that define the models' classes; a fresh random value when one
-    cannot be read, so an export cache never serves a stale file for unreadable code."""
+    """sha256 of the files that define the models' classes ("unhashed" when one cannot be
+    read); entries around objects add a random part as well, so two calls never share a
+    cached export: the objects' weights and code are theirs to change between calls."""
     import inspect
-    import uuid
 
     digest = hashlib.sha256()
     for model in models:
         try:
             digest.update(Path(inspect.getsourcefile(type(model))).read_bytes())
         except (TypeError, OSError):
-            return f"unhashed-{uuid.uuid4().hex}"
+            return "unhashed"
     return digest.hexdigest()

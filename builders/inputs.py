@@ -12,7 +12,8 @@ from onnxtwin.runtime.errors import OnnxtwinError
 
 def sample_inputs(model: ModelSpec | Signature, dims: Mapping[str, int] | None = None,
                   seed: int = 0, **named: int | None) -> dict[str, np.ndarray]:
-    """Seeded inputs for every signature input: floats in [0, 1); token rows left-padded with 0;
+    """Seeded inputs for every signature input, each of its dtype: floats in [0, 1), booleans
+    fair coins; token rows left-padded with 0;
     an input with a declared `range` uniform in [low, high) (integers or floats by dtype).
 
     Sizes of named dims come from `dims` and keywords: `sample_inputs(spec, batch=7, seq=12)`.
@@ -32,8 +33,9 @@ def sample_inputs(model: ModelSpec | Signature, dims: Mapping[str, int] | None =
         if t.range is not None:
             out[t.name] = _uniform(rng, t.dtype, shape, *t.range)
             continue
-        if t.vocab is None:
-            out[t.name] = rng.random(shape, dtype=np.float32)
+        if t.vocab is None:  # float32 drawn as always (the built-ins' inputs stay the same)
+            out[t.name] = rng.random(shape, dtype=np.float32) if t.dtype == "float32" \
+                else _uniform(rng, t.dtype, shape, 0.0, 1.0)
             continue
         tokens = rng.integers(1, t.vocab, size=shape, dtype=np.int64)
         lengths = rng.integers(1, shape[1] + 1, size=shape[0])

@@ -83,10 +83,11 @@ def oracle_path(module: torch.nn.Module, inputs: Sequence[str], outputs: Sequenc
 def run_module(model: torch.nn.Module, args: Sequence[np.ndarray], dtype: torch.dtype,
                device: str = "cpu") -> list[np.ndarray] | dict[str, np.ndarray]:
     """Run a torch module (on `device`) in inference mode on numpy arrays; float inputs
-    cast to `dtype`; every output comes back as it was computed."""
+    cast to `dtype`, except float64 ones (a model declared to take float64 gets it on
+    every path); every output comes back as it was computed."""
     def tensor(a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(a)).to(device)
-        return t.to(dtype) if t.is_floating_point() else t
+        return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
 
     with torch.inference_mode():
         result = model(*(tensor(a) for a in args))

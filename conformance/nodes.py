@@ -141,7 +141,7 @@ def localise_against_torch(file: Path, actual: Side, module, args: list[np.ndarr
         lambda _m, _a, out, name=name: captured.__setitem__(name, _first_tensor(out)))
         for name in last if name in modules]
     try:
-        with torch.no_grad():
+        with torch.enable_grad():  # off torch's fused fast paths, which skip inner hooks
             module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in args))
     finally:
         for h in handles:
@@ -155,12 +155,13 @@ def localise_against_torch(file: Path, actual: Side, module, args: list[np.ndarr
     for scope, (_, node) in sorted(last.items(), key=lambda item: item[1][0]):
         if scope not in captured or node.output[0] not in got:
             continue
-        if captured[scope] is None:
-            continue
-        error, scale = _difference(got[node.output[0]], captured[scope])
+        value = captured[scope]
+        if value is None or np.shape(got[node.output[0]]) != value.shape:
+            continue  # a module whose last node's output is not what the module returns
+        error, scale = _difference(got[node.output[0]], value)
         diff = NodeDiff(node.name, node.op_type, origin(node),
                         error if math.isfinite(error) else None,
-                        math.isfinite(error) and error > tolerance * max(1.0, scale))
+                        error > tolerance * max(1.0, scale))  # NaN on one side only: inf
         nodes.append(diff)
         if diff.diverged and first is None:
             first = describe(diff)

@@ -14,7 +14,7 @@ import numpy as np
 
 from onnxtwin.runtime import FLOAT32_ABS_TOLERANCE, Session
 from onnxtwin.runtime.comparison import Case, Comparisons, compare_paths
-from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.errors import OnnxtwinError, cause
 from onnxtwin.runtime.paths import FunctionPath, ModelPath, OnnxPath, PathInfo
 
 Inputs = Mapping[str, np.ndarray]
@@ -45,12 +45,16 @@ def assert_twins_agree(torch_model: Any, keras_model: Any, inputs: Inputs,
     """
     from onnxtwin.builders import Twins, build_twins
 
-    spec = _user_spec(torch_model, keras_model, inputs, source, channels_last)
-    twins = build_twins(spec) if transfer else Twins(spec, torch_model, keras_model)
-    result = _agree(twins, inputs, oracle, tolerance) if channels_last else \
-        twins_agree(torch_model, keras_model, inputs, oracle, tolerance)
+    twins = None
+    if transfer or channels_last:  # the models as an entry: matched layers, moved inputs
+        spec = _user_spec(torch_model, keras_model, inputs, source, channels_last)
+        twins = build_twins(spec) if transfer else Twins(spec, torch_model, keras_model)
+        result = _agree(twins, inputs, oracle, tolerance)
+    else:
+        result = twins_agree(torch_model, keras_model, inputs, oracle, tolerance)
     if not result.passed:
-        _assert(result, tolerance, _first_divergent(twins, inputs, tolerance))
+        _assert(result, tolerance, _first_divergent(twins, torch_model, keras_model, inputs,
+                                                    tolerance))
 
 
 def _user_spec(torch_model: Any, keras_model: Any, inputs: Inputs, source: str,
@@ -80,15 +84,19 @@ def _agree(twins, inputs: Inputs, oracle: bool, tolerance: float) -> Comparisons
                          [Case({}, dict(inputs))], tolerance)
 
 
-def _first_divergent(twins, inputs: Inputs, tolerance: float) -> str:
+def _first_divergent(twins, torch_model: Any, keras_model: Any, inputs: Inputs,
+                     tolerance: float) -> str:
     """'first diverging layer: ...', or why the layers could not be compared."""
+    from onnxtwin.builders import Twins
     from onnxtwin.conformance.localise import localise
-    from onnxtwin.runtime.errors import OnnxtwinError
 
     try:
+        if twins is None:
+            twins = Twins(_user_spec(torch_model, keras_model, inputs, "torch"), torch_model,
+                          keras_model)
         found = localise(twins, dict(inputs), tolerance).first_divergent
-    except OnnxtwinError as e:
-        return f"layers not localised: {e}"
+    except Exception as e:  # a diagnosis only: the comparisons below still say what failed
+        return f"layers not localised: {type(e).__name__}: {cause(e)}"
     if found:
         return f"first diverging layer: {found}"
     return ("every matched layer agrees: the cause is outside them (an activation, a pooling, "

@@ -94,6 +94,7 @@ def export_model(twins: Twins, framework: str, out_dir: str | Path, opset: int =
                  tolerance: float = FLOAT32_ABS_TOLERANCE, use_cache: bool = True) -> ExportResult:
     """Write OUT/NAME.FRAMEWORK.onnx: exported, signed, stamped, gated, then renamed into place."""
     check_request(framework, opset)
+    framework_path(twins, framework)  # one line if the twins have no such side
     spec, start = twins.spec, time.perf_counter()
     path = inside(out_dir, f"{spec.name}.{framework}.onnx")
     # The file holds the exported twin's own weights: for Keras, what the layer maps made of

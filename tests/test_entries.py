@@ -41,6 +41,16 @@ MODELS = textwrap.dedent('''
         return Residual()
 
 
+    def residual_keras():
+        import keras
+
+        tokens = keras.Input((None,), dtype="int64")
+        h = keras.layers.Embedding(40, 12)(tokens)
+        mixed = keras.layers.Dense(12, activation="gelu")(
+            keras.layers.LayerNormalization(epsilon=1e-5)(h))
+        return keras.Model(tokens, keras.layers.Dense(3)(keras.layers.Add()([h, mixed])))
+
+
     def two_inputs():
         import keras
 
@@ -287,3 +297,90 @@ def test_a_keras_export_is_cached_whatever_names_keras_numbered_its_layers(folde
     assert paths != [v.path for v in second.keras_model.weights]
     export_model(first, "keras", tmp_path / "a")  # a miss, or a hit of an earlier test's
     assert export_model(second, "keras", tmp_path / "b").cache_hit
+
+
+def test_two_entries_around_different_objects_never_share_what_was_found():
+    import torch
+
+    from onnxtwin.builders import entry_from_models
+
+    declared = [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}]
+    widths = []
+    for width in (3, 5):
+        spec = entry_from_models(torch.nn.Linear(4, width), inputs=declared, name="same")
+        widths.append(spec.signature.outputs[0].shape)
+    assert widths == [("batch", 3), ("batch", 5)]
+
+
+def test_a_keras_object_alone_has_no_float64_oracle_and_says_so():
+    import keras
+
+    from onnxtwin.builders import entry_from_models
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    spec = entry_from_models(keras_model=model, source="keras", name="k-object",
+                             inputs=[{"name": "x", "dtype": "float32", "shape": ["batch", 4]}])
+    with pytest.raises(OnnxtwinError, match=r"model 'k-object': expected a keras factory that "
+                                            r"builds a new model .* got 'a model object'"):
+        build_twins(spec).oracle()
+
+
+def test_bool_and_float64_inputs_are_drawn_in_their_dtype(folder):
+    (folder / "masked.py").write_text(textwrap.dedent('''
+        from __future__ import annotations
+
+        from dataclasses import dataclass
+
+        import torch
+
+
+        @dataclass
+        class Sizes:  # a dataclass in a factory file: the module must be importable by name
+            width: int = 4
+
+
+        class Masked(torch.nn.Module):
+            def forward(self, x, mask):
+                return (x.double() * mask).sum(dim=1)
+
+
+        def masked():
+            assert Sizes().width == 4
+            return Masked()
+    '''))
+    spec, = specs(folder, '''
+        [models.masked]
+        torch = "masked.py:masked"
+        inputs = [{ name = "x", dtype = "float64", shape = ["batch", 4] },
+                  { name = "mask", dtype = "bool", shape = ["batch", 4] }]
+        dims = { batch = [2, 5] }
+    '''.replace("\n        ", "\n"))
+    x = sample_inputs(spec, batch=5, seed=0)
+    assert x["x"].dtype == np.float64 and x["mask"].dtype == np.bool_
+    assert 0 < x["mask"].sum() < x["mask"].size
+    expected = (x["x"] * x["mask"]).sum(axis=1)
+    assert np.array_equal(build_twins(spec).torch.run(x)["output_0"], expected)
+
+
+def test_the_source_of_a_weights_file_cannot_be_overridden(folder):
+    from safetensors.numpy import save_file
+
+    spec, = specs(folder, RESIDUAL)
+    save_file(build_twins(spec).weights, str(folder / "w.safetensors"))
+    loaded, = specs(folder, RESIDUAL.replace('torch = "my_models.py:residual"',
+                                             'torch = "my_models.py:residual"\n'
+                                             'keras = "my_models.py:residual_keras"')
+                    + 'weights = "w.safetensors"\n')
+    with pytest.raises(OnnxtwinError, match=r"model 'residual': expected source 'torch', whose "
+                                            r"weights file it gives, got 'keras'"):
+        build_twins(loaded, source="keras")
+
+
+def test_exporting_a_side_the_entry_lacks_is_one_line(folder, tmp_path):
+    from onnxtwin.export import export_model
+
+    spec, = specs(folder, RESIDUAL)
+    with pytest.raises(OnnxtwinError, match=r"model 'residual': expected a keras model, got an "
+                                            r"entry with only torch"):
+        export_model(build_twins(spec), "keras", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
