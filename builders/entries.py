@@ -16,6 +16,7 @@ checks, and the base class.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from onnxtwin.builders import grids
 from onnxtwin.builders.signature import ModelSpec, Signature
 from onnxtwin.runtime.errors import OnnxtwinError, cause
 from onnxtwin.runtime.files import shown
+from onnxtwin.runtime.metrics import Comparison
 
 MAX_DIM = 2**16
 """Largest value a dim of an entry's grid may take."""
@@ -37,9 +39,10 @@ EXAMPLE_FIRST = 6
 `batch`, 5 for `seq`); each next one is the next unused: sizes >= 2 and distinct, so
 the torch exporter keeps each dim dynamic."""
 
-RESERVED_DIMS = frozenset({"actual", "expected", "output", "tolerance", "passed", "max_abs",
-                           "max_rel", "argmax_agreement", "nonfinite", "model", "dims"})
-"""Field names of a comparison record, which carries each dim as a field of its own."""
+RESERVED_DIMS = frozenset({"actual", "expected", "output", "tolerance", "passed", "model",
+                           "dims", *(f.name for f in dataclasses.fields(Comparison))})
+"""Field names of a comparison record (runtime.comparison.Check.to_dict), which carries
+each dim as a field of its own."""
 Grid = tuple[tuple[str, tuple[int, ...]], ...]
 """A frozen grid: ((dim, values), ...)."""
 

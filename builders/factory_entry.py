@@ -181,8 +181,11 @@ class FactorySpec(EntrySpec):
         return f"{sides}, source {self.source}{weights}, {super().described()}"
 
     def hyperparameters(self) -> dict[str, object]:
+        weights = None if self.weights is None else {  # what, not where: no local path
+            "file": Path(self.weights).name,
+            "sha256": self._memo("weights_sha256", lambda s: file_hash(Path(s.weights)))}
         return {"factories": dict(self.factories), "source": self.source,
-                "weights": self.weights, "code_sha256": self.code,
+                "weights": weights, "code_sha256": self.code,
                 "inputs": [_input_record(t) for t in self.inputs],
                 "outputs": list(self.output_names), **super().hyperparameters()}
 

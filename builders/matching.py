@@ -183,7 +183,7 @@ def keras_calls(model_layers: Iterable, before: Callable, after: Callable) -> It
     def wrap(layer, call):
         @functools.wraps(call)
         def recorded(*args, **kwargs):
-            before(layer, args)
+            before(layer, args, kwargs)
             output = call(*args, **kwargs)
             after(layer, output)
             return output
