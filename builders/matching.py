@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import heapq
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -343,28 +344,67 @@ def _keras_side(model, args: Sequence[np.ndarray]) -> tuple[list[Call], list[Uni
 
 
 def _definition_order(model) -> Callable[[Unit], tuple[int, int]]:
-    """Sort key of Keras units: a functional or Sequential model's own layer order (the
-    order the user wrote the graph in; Keras runs independent branches, such as two heads,
-    in another order), then call order inside each layer; a subclassed model's call order."""
-    if not _is_graph(model):
+    """Sort key of Keras units: a functional model's layers in the order its graph was
+    written (Keras runs independent branches, such as two heads, in another order), then
+    call order inside each layer; a Sequential or subclassed model's call order."""
+    if not _is_functional(model):
         return lambda unit: (0, unit.call.start)
     rank = {}
-    for index, top in enumerate(model.layers):
-        for layer in [top, *keras_layers(top)]:
+    for index, top in enumerate(_written_order(model)):  # ops too (a slice is a GetItem)
+        inner = keras_layers(top) if hasattr(top, "_flatten_layers") else []
+        for layer in [top, *inner]:
             rank.setdefault(id(layer), index)
     return lambda unit: (rank.get(id(unit.obj), len(rank)), unit.call.start)
 
 
-def _is_graph(model) -> bool:
-    """Whether a Keras model is a graph of layers (functional or Sequential), whose
-    `layers` are in the order the graph was written."""
-    from onnxtwin.builders.keras_support import keras
-
+def _is_functional(model) -> bool:
     try:
         from keras.src.models.functional import Functional  # no public name for it
     except ImportError:  # a Keras that moved it: call order, as for subclassed models
-        return isinstance(model, keras.Sequential)
-    return isinstance(model, keras.Sequential | Functional)
+        return False
+    return isinstance(model, Functional) and not isinstance(model, _sequential())
+
+
+def _sequential():
+    from onnxtwin.builders.keras_support import keras
+
+    return keras.Sequential
+
+
+def _written_order(model) -> list:
+    """A functional model's layers in a topological order that follows the order the graph
+    was written: each layer's consumers are discovered in the order they were called on
+    its output (Keras' `_outbound_nodes`, private), and of the layers whose inputs are all
+    ready, the first discovered comes first. `model.layers` orders by depth instead."""
+    operations = list(model.operations)
+    inside = {id(op): op for op in operations}
+    discovered: dict[int, int] = {}
+    stack = [op for op in reversed(operations) if not op._inbound_nodes
+             or not any(p.operation is not None and id(p.operation) in inside
+                        for n in op._inbound_nodes for p in n.parent_nodes)]
+    while stack:  # depth first, consumers in call order
+        op = stack.pop()
+        if id(op) in discovered:
+            continue
+        discovered[id(op)] = len(discovered)
+        stack.extend(reversed([n.operation for n in op._outbound_nodes
+                               if id(n.operation) in inside]))
+    for op in operations:  # anything not reached from an input: after, in Keras' order
+        discovered.setdefault(id(op), len(discovered))
+    parents = {id(op): {id(p.operation) for n in op._inbound_nodes for p in n.parent_nodes
+                        if p.operation is not None and id(p.operation) in inside}
+               for op in operations}
+    ready = [(discovered[i], i) for i, up in parents.items() if not up]
+    heapq.heapify(ready)
+    order, done = [], set()
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(inside[i])
+        done.add(i)
+        for j, up in parents.items():
+            if j not in done and i in up and up <= done and (discovered[j], j) not in ready:
+                heapq.heappush(ready, (discovered[j], j))
+    return order if len(order) == len(operations) else operations
 
 
 def _refuse_unsupported_keras(model, found: list) -> None:

@@ -322,3 +322,33 @@ def test_assert_twins_agree_feeds_a_channels_last_keras_model_from_torch_layout(
     with pytest.raises(OnnxtwinError, match=r"channels_last: expected names of the inputs "
                                             r"\['image'\], got \['x'\]"):
         assert_twins_agree(torch_model, keras_model, x, channels_last=["x"])
+
+
+def test_uneven_branches_are_matched_in_the_order_the_graph_was_written():
+    """trunk -> headA, and trunk -> b1 -> b2: Keras' `layers` lists b1 before headA (by
+    depth); torch calls headA first, as the graph was written. Equal widths everywhere, so
+    a wrong order would swap weights silently."""
+    import keras
+    import torch
+    from torch import nn
+
+    from onnxtwin.conformance.parity import assert_twins_agree
+
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk, self.head = nn.Linear(4, 4), nn.Linear(4, 4)
+            self.b1, self.b2 = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = torch.tanh(self.trunk(x))
+            return self.head(h), self.b2(torch.tanh(self.b1(h)))
+
+    x = keras.Input((4,))
+    h = keras.layers.Dense(4, activation="tanh")(x)
+    head = keras.layers.Dense(4)(h)
+    b = keras.layers.Dense(4)(keras.layers.Dense(4, activation="tanh")(h))
+    keras_model = keras.Model(x, [head, b])
+    torch_model = Branches().eval()
+    inputs = {"x": np.random.default_rng(2).random((3, 4), dtype=np.float32)}
+    assert_twins_agree(torch_model, keras_model, inputs, transfer=True)
