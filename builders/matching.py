@@ -151,7 +151,7 @@ def keras_layers(model, keep_inside: Callable[[Any], bool] = lambda _: True) -> 
     which keep_inside is False."""
     found: dict[int, Any] = {}
 
-    def visit(layer):
+    def visit(layer):  # _flatten_layers is private Keras API: what Model.layers uses
         for child in layer._flatten_layers(include_self=False, recursive=False):
             if id(child) not in found:
                 found[id(child)] = child
@@ -341,7 +341,7 @@ def _refuse_unsupported_keras(model, found: list) -> None:
     for layer in [model, *found]:
         if layer is not model and _keras_kind(layer) is not None:
             continue
-        children = layer._flatten_layers(include_self=False, recursive=False)
+        children = layer._flatten_layers(include_self=False, recursive=False)  # private, as above
         inside = {id(v) for child in children for v in child.weights}
         if any(id(v) not in inside for v in layer.weights):
             kind = type(layer).__name__
