@@ -128,24 +128,19 @@ def localise_against_torch(file: Path, actual: Side, module, args: list[np.ndarr
     module by module: each module's captured output is compared with the output of the
     last node the exporter scoped to that module (its name_scopes). Modules the exporter
     folded away (a Conv fused into its BatchNorm) have no node and are not compared."""
-    import torch
+    from onnxtwin.builders.matching import run_torch, torch_hooks
 
     model = onnx.load(file)
     last: dict[str, tuple[int, onnx.NodeProto]] = {}
     for index, node in enumerate(model.graph.node):
         for scope in _scopes(node)[1:-1]:  # '' (the root) first, the aten op last
             last[scope] = (index, node)
-    captured: dict[str, np.ndarray] = {}
-    modules = dict(module.named_modules())
-    handles = [modules[name].register_forward_hook(
-        lambda _m, _a, out, name=name: captured.__setitem__(name, _first_tensor(out)))
-        for name in last if name in modules]
-    try:
-        with torch.enable_grad():  # off torch's fused fast paths, which skip inner hooks
-            module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in args))
-    finally:
-        for h in handles:
-            h.remove()
+    captured: dict[str, np.ndarray | None] = {}
+    modules = {n: m for n, m in module.named_modules() if n in last}
+    name_of = {id(m): n for n, m in modules.items()}
+    with torch_hooks(modules.values(), lambda *_: None,  # the last call: the last node's
+                     lambda m, out: captured.__setitem__(name_of[id(m)], _first_tensor(out))):
+        run_torch(module, args)
     with tempfile.TemporaryDirectory(prefix="onnxtwin-nodes-") as folder:
         copy = Path(folder, file.name)
         onnx.save_model(mark_all_outputs(model), copy, save_as_external_data=True,
