@@ -216,7 +216,7 @@ def _validate(spec: FactorySpec) -> None:
               for side in spec.frameworks}
     for side, model in models.items():
         path = TorchPath(model, names, ()) if side == "torch" else KerasPath(
-            model, names, (), channels_last=[t.channels_last for t in spec.inputs])
+            model, names, (), channels_last=spec.input_signature.channels_last)
         for dims in spec.matrix_points():
             try:
                 path.run(spec.sample(dims))
@@ -237,8 +237,9 @@ def _is_torch(model) -> bool:
 def keras_args(signature: Signature, inputs: Mapping[str, np.ndarray], listed: bool = False):
     """The Keras model's argument: the inputs in order (channels-last ones moved), one array
     alone unless `listed`."""
-    args = [np.moveaxis(inputs[t.name], 1, -1) if t.channels_last else inputs[t.name]
-            for t in signature.inputs]
+    from onnxtwin.builders.paths import keras_layout
+
+    args = keras_layout([inputs[n] for n in signature.input_names], signature.channels_last)
     return args if listed or len(args) > 1 else args[0]
 
 
@@ -258,7 +259,7 @@ def _outputs(spec: FactorySpec) -> tuple[TensorSpec, ...]:
     names = [t.name for t in spec.inputs]
     path = TorchPath(model, names, spec.output_names) if side == "torch" else \
         KerasPath(model, names, spec.output_names,
-                  channels_last=[t.channels_last for t in spec.inputs])
+                  channels_last=spec.input_signature.channels_last)
     runs = []
     for dims in (first, second):
         try:

@@ -42,10 +42,15 @@ class KerasPath(ModelPath):
         self.channels_last = tuple(channels_last) or (False,) * len(self.input_names)
 
     def _run(self, args: list[np.ndarray]):
-        args = [np.moveaxis(a, 1, -1) if moved else a
-                for a, moved in zip(args, self.channels_last, strict=True)]
+        args = keras_layout(args, self.channels_last)
         result = self.model(args[0] if len(args) == 1 else args, training=False)
         return _outputs(result, np.asarray)
+
+
+def keras_layout(args: Sequence[np.ndarray], channels_last: Sequence[bool]) -> list:
+    """Inputs as the Keras model takes them: each flagged one with axis 1 moved last."""
+    return [np.moveaxis(a, 1, -1) if moved else a
+            for a, moved in zip(args, channels_last, strict=True)]
 
 
 class KerasFunctionPath(ModelPath):

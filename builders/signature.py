@@ -63,6 +63,11 @@ class Signature:
         return tuple(t.name for t in self.inputs)
 
     @property
+    def channels_last(self) -> tuple[bool, ...]:
+        """Per input, whether the Keras model takes it with axis 1 moved last."""
+        return tuple(t.channels_last for t in self.inputs)
+
+    @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.outputs)
 

@@ -67,8 +67,8 @@ class Twins:
     @property
     def keras(self) -> KerasPath:
         """The Keras twin called eagerly."""
-        return KerasPath(self._side("keras"), *self._names(), channels_last=[
-            t.channels_last for t in self.spec.signature.inputs])
+        return KerasPath(self._side("keras"), *self._names(),
+                         channels_last=self.spec.signature.channels_last)
 
     @property
     def keras_compiled(self) -> KerasFunctionPath:

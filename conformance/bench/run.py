@@ -305,7 +305,7 @@ def bench_model(twins, out: Path, options: BenchOptions, providers: list[str],
     reference = TorchPath(twins.torch_model, signature.input_names, signature.output_names,
                           name=REFERENCE) if twins.torch_model is not None else KerasPath(
         twins.keras_model, signature.input_names, signature.output_names, name="keras eager",
-        channels_last=[t.channels_last for t in signature.inputs])
+        channels_last=signature.channels_last)
     files = {}
     for fw in twins.frameworks:
         on_step(f"{spec.name}: exporting and optimising the {fw} twin")
