@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from onnxtwin.builders import grids
-from onnxtwin.builders.signature import ModelSpec, Signature
+from onnxtwin.builders.signature import ModelSpec
 from onnxtwin.runtime.errors import OnnxtwinError, cause
 from onnxtwin.runtime.files import shown
 from onnxtwin.runtime.metrics import Comparison
@@ -106,7 +106,8 @@ def file_hash(path: Path) -> str:
 
 @dataclass(frozen=True)
 class EntrySpec(ModelSpec):
-    """Base of the user entries: a signature and a grid given with the entry.
+    """Base of the user entries: a grid given with the entry (each kind says where its
+    signature comes from).
 
     The gate and the matrix both run every point of the grid (the gate skips the export
     example, where the export was traced).
@@ -115,7 +116,6 @@ class EntrySpec(ModelSpec):
     family: ClassVar[str] = "entry"
     frameworks: ClassVar[tuple[str, ...]] = ()
     """An ONNX file has no framework side; a factory entry says which it has."""
-    entry_signature: Signature | None = None
     grid: Grid = ()
 
     def __post_init__(self) -> None:
@@ -126,11 +126,6 @@ class EntrySpec(ModelSpec):
 
     def parameter_count(self) -> int:
         return 0
-
-    @property
-    def signature(self) -> Signature:
-        assert self.entry_signature is not None
-        return self.entry_signature
 
     def example_dims(self, given: Mapping[str, int] | None = None) -> dict[str, int]:
         """The export example: the `given` sizes, grids.EXPORT_EXAMPLE's, else distinct

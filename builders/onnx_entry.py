@@ -48,6 +48,12 @@ class OnnxSpec(EntrySpec):
     family: ClassVar[str] = "onnx"
     path: Path
     sha256: str
+    file_signature: Signature
+    """Read from the file's graph inputs and outputs."""
+
+    @property
+    def signature(self) -> Signature:
+        return self.file_signature
 
     def hyperparameters(self) -> dict[str, object]:
         return {**super().hyperparameters(), "file": self.path.name, "sha256": self.sha256}
@@ -79,7 +85,7 @@ def onnx_spec(name: str, table: Mapping[str, object], base: Path) -> OnnxSpec:
     ranges = _ranges(name, table.get("inputs"), {v.name: _dtype(name, v) for v in values})
     signature = Signature(inputs=tuple(_input(name, v, ranges.get(v.name)) for v in values),
                           outputs=tuple(_tensor(name, v) for v in model.graph.output))
-    return OnnxSpec(name=name, entry_signature=signature,
+    return OnnxSpec(name=name, file_signature=signature,
                     grid=parse_dims(name, table.get("dims"), signature.dims),
                     path=path, sha256=file_hash(path))
 
