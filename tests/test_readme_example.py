@@ -45,3 +45,8 @@ def test_the_readme_example_runs_as_written_and_gives_its_figures(tmp_path):
         assert row[1] == str(len(model["paths"])) and row[2] == str(len(model["comparisons"]))
         assert row[3] == f"{max(against):.2e}" and row[-1] == "pass"
     assert report["summary"]["comparisons"] == 38
+    gates = {(m["name"], e["framework"]): f"{max(g['max_abs'] for g in e['gate']):.2e}"
+             for m in report["models"] for e in m["exports"]}
+    quoted = re.search(r"framework: (\S+) for each CNN file, (\S+) for the tagger\)", text)
+    assert gates == {("small-cnn", "torch"): quoted[1], ("small-cnn", "keras"): quoted[1],
+                     ("my-tagger", "torch"): quoted[2]}
