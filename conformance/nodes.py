@@ -22,16 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
 
+from onnxtwin.export.graphs import TORCH_SCOPES, mark_all_outputs, origin
 from onnxtwin.runtime.paths import ModelPath
-
-TORCH_SCOPES = "pkg.torch.onnx.name_scopes"
-"""torch.onnx (dynamo) node metadata: the module path, then the FX node, as a list literal."""
-TORCH_CLASSES = "pkg.torch.onnx.class_hierarchy"
-"""torch.onnx node metadata: each scope's module class, then the aten op, as a list literal."""
-NAMESPACE = "namespace"
-"""torch.onnx node metadata: both of the above in one 'scope: class/...' string."""
 
 
 @dataclass(frozen=True)
@@ -65,33 +58,6 @@ class NodeLocalisation:
     tolerance: float
     first_divergent: str | None
     nodes: tuple[NodeDiff, ...]
-
-
-def mark_all_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose graph outputs are its own, then every top-level node's tensor outputs.
-
-    Each added output carries its element type where onnx shape inference knows it, and no
-    shape (onnxruntime and onnx.reference infer the rest); outputs inferred to be
-    sequences or maps are left out.
-    """
-    marked = onnx.ModelProto()
-    marked.CopyFrom(model)
-    try:
-        inferred = {v.name: v.type for v in onnx.shape_inference.infer_shapes(model)
-                    .graph.value_info}
-    except Exception:  # inference is a hint here: onnxruntime infers types itself
-        inferred = {}
-    known = {v.name for v in (*marked.graph.input, *marked.graph.output)}
-    for node in marked.graph.node:
-        for name in node.output:
-            kind = inferred[name].WhichOneof("value") if name in inferred else None
-            if not name or name in known or kind not in (None, "tensor_type"):
-                continue
-            known.add(name)
-            elem = inferred[name].tensor_type.elem_type if kind else 0
-            marked.graph.output.append(helper.make_tensor_value_info(name, elem, None) if elem
-                                       else onnx.ValueInfoProto(name=name))
-    return marked
 
 
 def localise_nodes(file: Path, actual: Side, expected: Side, inputs: Mapping[str, np.ndarray],
@@ -181,22 +147,6 @@ def _first_tensor(output) -> np.ndarray | None:
 def describe(diff: NodeDiff) -> str:
     """A node in words: op type, name, and origin where known."""
     return f"{diff.op} node {diff.node!r}" + (f" ({diff.origin})" if diff.origin else "")
-
-
-def origin(node: onnx.NodeProto) -> str | None:
-    """Where the exporter says a node came from: torch's module path and class, and its
-    aten op; else the node's `namespace` metadata; None when it says nothing."""
-    props = {p.key: p.value for p in node.metadata_props}
-    try:
-        scopes = ast.literal_eval(props[TORCH_SCOPES])
-        classes = ast.literal_eval(props[TORCH_CLASSES])
-    except (KeyError, ValueError, TypeError, SyntaxError):
-        return props.get(NAMESPACE)
-    if not isinstance(scopes, list) or not isinstance(classes, list) or \
-            len(scopes) < 2 or len(classes) != len(scopes):
-        return props.get(NAMESPACE)
-    module = f"module {scopes[-2]!r}" if scopes[-2] else "root module"
-    return f"torch {module} ({classes[-2]}), {classes[-1]}"
 
 
 def _difference(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:

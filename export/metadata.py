@@ -22,6 +22,9 @@ WEIGHTS_HASH = "onnxtwin.weights_hash"
 OPSET = "onnxtwin.opset"
 HYPERPARAMETERS = "onnxtwin.hyperparameters"
 SIGNATURE = SIGNATURE_KEY
+PRECISION = "onnxtwin.precision"
+"""fp16 or int8 on a reduced file (absent on a float32 export)."""
+PRECISION_METHOD = "onnxtwin.precision_method"
 VERSION_PREFIX = "onnxtwin.version."
 
 TOOLS = ("onnxtwin", "torch", "tensorflow-cpu", "tf2onnx", "onnx", "onnxscript")

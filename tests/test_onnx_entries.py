@@ -19,13 +19,14 @@ from onnxtwin.builders import sample_inputs
 from onnxtwin.builders.entries import EntryError
 from onnxtwin.builders.onnx_entry import OnnxSpec, onnx_spec
 from onnxtwin.conformance import onnx_matrix
-from onnxtwin.conformance.nodes import Side, localise_nodes, mark_all_outputs
+from onnxtwin.conformance.nodes import Side, localise_nodes
 from onnxtwin.conformance.onnx_matrix import run_onnx_matrix, sides, step_count
 from onnxtwin.conformance.orchestrator import CheckOptions
 from onnxtwin.conformance.reference import REFERENCE, ReferencePath
 from onnxtwin.conformance.render import failures, markdown, page
 from onnxtwin.conformance.report import Report
 from onnxtwin.conformance.tolerances import Tolerances
+from onnxtwin.export.graphs import mark_all_outputs
 from onnxtwin.runtime import OnnxtwinError, Session
 from onnxtwin.runtime import providers as probe_all
 from onnxtwin.runtime.paths import OnnxPath

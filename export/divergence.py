@@ -1,0 +1,116 @@
+"""Where a reduced-precision file parts from its float32 source: the tensors whose error
+grows most.
+
+Every tensor the two files both compute is compared on the same inputs: its error is the
+max abs difference over its float32 scale, and its *growth* that error less the largest
+error among the inputs of the node that computes it, so a tensor that merely inherits an
+upstream error does not rank above its cause. int8 QDQ files are matched with onnxruntime's
+`qdq_loss_debug` (each float tensor with its dequantized twin); float16 files and dynamic
+int8 files keep the float32 tensor names, so every node output is marked and matched by
+name.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxtwin.export.graphs import mark_all_outputs, origin
+from onnxtwin.runtime.session import Session
+
+Arrays = dict[str, np.ndarray]
+WORST = 3
+
+
+@dataclass(frozen=True)
+class TensorError:
+    """One tensor: what computes it (op, node, the layer the exporter says it came from),
+    its error over its scale, and how much of that error its own node adds."""
+
+    tensor: str
+    op: str
+    layer: str
+    error: float
+    growth: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return f"{self.tensor!r} ({self.op}, {self.layer}): {self.error:.2g} of its scale"
+
+
+def divergence(source: Path, reduced: Path, inputs: Sequence[Arrays], worst: int = WORST
+               ) -> tuple[TensorError, ...]:
+    """The `worst` tensors of `source` by error growth in `reduced`, on `inputs`."""
+    model = onnx.load(str(source))
+    if any(n.op_type == "QuantizeLinear" for n in onnx.load(str(reduced)).graph.node):
+        pairs = _qdq_pairs(source, reduced, inputs)
+    else:
+        pairs = _named_pairs(model, onnx.load(str(reduced)), inputs)
+    errors = {name: _relative(full, low) for name, (full, low) in pairs.items()}
+    found = []
+    for node in model.graph.node:
+        upstream = max((errors.get(i, 0.0) for i in node.input), default=0.0)
+        layer = origin(node) or node.name or "?"
+        found += [TensorError(o, node.op_type, layer, errors[o], errors[o] - upstream)
+                  for o in node.output if o in errors]
+    return tuple(sorted(found, key=lambda t: -t.growth)[:worst])
+
+
+def _relative(full: np.ndarray, low: np.ndarray) -> float:
+    full, low = np.asarray(full, np.float64), np.asarray(low, np.float64)
+    scale = float(np.abs(full).max(initial=0.0))
+    if full.shape != low.shape or not np.isfinite(low).all():
+        return float("inf")
+    return float(np.abs(full - low).max(initial=0.0)) / (scale or 1.0)
+
+
+def _named_pairs(model: onnx.ModelProto, reduced: onnx.ModelProto, inputs: Sequence[Arrays]
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    full, low = _all_outputs(model, inputs), _all_outputs(reduced, inputs)
+    return {name: (full[name], low[name]) for name in full
+            if name in low and full[name].dtype.kind == "f" and low[name].dtype.kind == "f"}
+
+
+def _all_outputs(model: onnx.ModelProto, inputs: Sequence[Arrays]) -> dict[str, np.ndarray]:
+    """Every node output on onnxruntime CPU, the input sets' results concatenated."""
+    with tempfile.TemporaryDirectory(prefix="onnxtwin-divergence-") as folder:
+        marked = Path(folder) / "marked.onnx"
+        onnx.save(mark_all_outputs(model), str(marked))
+        session = Session(marked, "cpu", strict=True, optimization="disable")
+        runs = [session.run(x) for x in inputs]
+    return {name: np.concatenate([r[name].ravel() for r in runs]) for name in runs[0]}
+
+
+def _qdq_pairs(source: Path, reduced: Path, inputs: Sequence[Arrays]
+               ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(float32, dequantized) per tensor, as qdq_loss_debug matches them."""
+    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.sets = iter(inputs)
+
+        def get_next(self) -> Arrays | None:
+            return next(self.sets, None)
+
+    with tempfile.TemporaryDirectory(prefix="onnxtwin-qdq-debug-") as folder:
+        full, low = Path(folder, "float.onnx"), Path(folder, "qdq.onnx")
+        modify_model_output_intermediate_tensors(str(source), str(full))
+        modify_model_output_intermediate_tensors(str(reduced), str(low))
+        matching = create_activation_matching(collect_activations(str(low), Reader()),
+                                              collect_activations(str(full), Reader()))
+    return {name: (np.concatenate([a.ravel() for a in m["float"]]),
+                   np.concatenate([a.ravel() for a in m["post_qdq"]]))
+            for name, m in matching.items() if m.get("float") and m.get("post_qdq")}
