@@ -72,6 +72,10 @@ class Trained:
     """Training samples used (all of the split, or a subset)."""
     tokenizer: Tokenizer | None = None
 
+    def dataset(self) -> Dataset:
+        """The data it was trained on, split and tokenized exactly as in training."""
+        return load_dataset(self.data, seed=self.seed, tokenizer=self.tokenizer)
+
     def save(self, folder: str | Path) -> Path:
         """The twins' files plus training.json (and tokenizer.json for text models)."""
         folder = self.twins.save(folder)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from onnxtwin.builders import Twins, build_twins, grids
-from onnxtwin.builders.datasets import Dataset, load_dataset
+from onnxtwin.builders.datasets import Dataset
 from onnxtwin.builders.signature import ModelSpec
 from onnxtwin.builders.training import load_trained
 from onnxtwin.conformance.matrix import run_matrix, step_count
@@ -90,5 +90,4 @@ def check(specs: list[ModelSpec], out_dir: str | Path, options: CheckOptions = C
 def _trained(folder: Path) -> tuple[Twins, Dataset]:
     """Trained twins, and their dataset split and tokenized exactly as in training."""
     trained = load_trained(folder)
-    return trained.twins, load_dataset(trained.data, seed=trained.seed,
-                                       tokenizer=trained.tokenizer)
+    return trained.twins, trained.dataset()

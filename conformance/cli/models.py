@@ -22,6 +22,8 @@ from onnxtwin.conformance.cli.core import (
     selected_specs,
     status_line,
 )
+from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.files import existing_file
 
 PANEL = "Models"
 
@@ -106,6 +108,22 @@ def export(
     optimized: Annotated[bool, typer.Option(
         help="Also save onnxruntime's portable (extended) graph optimisations of each file "
              "beside it, as .opt.onnx for deployment, gated like the export.")] = False,
+    precision: Annotated[list[str] | None, typer.Option(
+        help="fp32, fp16 or int8 (repeatable). fp16/int8 files are written beside the float32 "
+             "one as NAME.FRAMEWORK.fp16.onnx / .int8.onnx, each only if it passes the "
+             "accuracy gate against float32. Default: fp32.")] = None,
+    trained: Annotated[Path | None, typer.Option(
+        help="Folder written by `onnxtwin train`: export its trained twins; reduced files "
+             "are gated on the whole test set and int8 calibrates on training samples.")
+    ] = None,
+    calibration: Annotated[Path | None, typer.Option(
+        help="An .npz of input samples (batch axis first) for int8 static quantization of "
+             "random-weight models (graphs with a Conv).")] = None,
+    gate: Annotated[list[str] | None, typer.Option(
+        help="Override a reduced-precision limit, PRECISION.FIELD=VALUE (repeatable): "
+             "accuracy_drop (points; defaults fp16 0.1, int8 0.5), agreement (fp16 0.999, "
+             "int8 0.99), relative_error (without labels only; fp16 0.005, int8 0.1).")
+    ] = None,
 ) -> None:
     """Export twins to OUT/NAME.FRAMEWORK.onnx, each accepted only after the gate.
 
@@ -113,19 +131,34 @@ def export(
     outputs within 1e-5 of the framework twin at batch 1 and 7 (seq 1, 12, 50). Both
     files carry the spec's input/output names, dtypes and `batch`/`seq` dims.
     OUT/export.json lists every file with its op histogram and gate errors.
+
+    Reduced precision (--precision fp16/int8) is gated against the float32 file: on a
+    trained model's whole test set, accuracy within 0.1 points (fp16) / 0.5 points (int8)
+    and argmax agreement >= 99.9% / 99%; on random weights, the outputs' error over their
+    scale on the matrix inputs. A refusal writes nothing (exit 2, the figures in one line).
     """
     from onnxtwin.export import FRAMEWORKS, check_request
+    from onnxtwin.export.precision import check_precision, limits_with
 
     frameworks = FRAMEWORKS if framework is Frameworks.both else (framework.value,)
     for fw in frameworks:
         check_request(fw, opset)
+    precisions = [check_precision(p) for p in precision or ["fp32"]]
+    limits = limits_with(gate or [])
+    if calibration is not None:
+        existing_file(calibration, "an .npz of input samples")
+    if trained is not None and not trained.is_dir():
+        raise OnnxtwinError(f"--trained: expected a folder written by `onnxtwin train`, got "
+                            f"{trained}")
     selected = selected_specs(model, spec)
     quiet_tensorflow()
     from onnxtwin.export.batch import export_all
 
     with console.status("") as status:
         document = export_all(selected, frameworks, out, opset=opset, seed=seed,
-                              use_cache=cache, optimized=optimized, on_step=status_line(status))
+                              use_cache=cache, optimized=optimized, precisions=precisions,
+                              trained=trained, calibration=calibration, limits=limits,
+                              on_step=status_line(status))
     rows = []
     for m in document["models"]:
         for f in m["files"]:
@@ -144,5 +177,43 @@ def export(
         if m["differences"]:
             say(console, f"{m['model']}: the graphs differ in kind: "
                          f"{'; '.join(m['differences'])}")
+    reduced = [r for m in document["models"] for f in m["files"] for r in f.get("reduced", ())]
+    if reduced:
+        console.print(result_table("reduced precision, gated against the float32 file",
+                                   REDUCED_COLUMNS, [_reduced_row(r) for r in reduced]))
+        for r in reduced:
+            say(console, _reduced_lines(r))
     count = sum(len(m["files"]) for m in document["models"]) * (2 if optimized else 1)
-    say(console, f"wrote {out}/ ({count} files, export.json)")
+    say(console, f"wrote {out}/ ({count + len(reduced)} files, export.json)")
+
+
+REDUCED_COLUMNS = ["file", "test accuracy", "vs fp32 (points)", "agreement", "error / scale",
+                   "size vs fp32", "data"]
+
+
+def _reduced_row(r: dict) -> list[str]:
+    g = r["gate"]
+    accuracy = "-" if g["accuracy"] is None else f"{g['accuracy']:.2%}"
+    drop = "-" if g["drop_points"] is None else f"{-g['drop_points']:+.2f}"
+    agreement = "-" if g["agreement"] is None else f"{g['agreement']:.2%}"
+    error = "inf" if g["relative_error"] is None else f"{g['relative_error']:.2e}"
+    return [r["path"], accuracy, drop, agreement, error, f"{r['size'] / r['source_size']:.2f}",
+            f"{g['samples']} samples"]
+
+
+def _reduced_lines(r: dict) -> str:
+    """How a reduced file was made, which ops run reduced and which stayed float32 (why),
+    and where its error grows most."""
+    ops = ", ".join(f"{op} x{n}" for op, n in r["reduced_ops"].items()) or "none"
+    lines = [f"{r['path']}: {r['method']}; reduced: {ops}"]
+    lines += [f"  float32 {op}: {why}" for op, why in r["kept_ops"].items()]
+    if r["calibration"]:
+        scores = ", ".join(f"{m} {s['agreement']:.2%} / {s['relative_error']:.3g}"
+                           for m, s in r["calibration"]["methods"].items())
+        lines.append(f"  calibration on {r['calibration']['data']}; held-out agreement / "
+                     f"error: {scores}")
+    if r["divergence"]:
+        worst = "; ".join(f"{t['tensor']!r} ({t['op']}, {t['layer']}) {t['error']:.2g}"
+                          for t in r["divergence"])
+        lines.append(f"  error grows most at: {worst}")
+    return "\n".join(lines)
