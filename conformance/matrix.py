@@ -26,6 +26,7 @@ from onnxtwin.builders.signature import ModelSpec
 from onnxtwin.conformance.accuracy import AccuracyResult, evaluate
 from onnxtwin.conformance.localise import Localisation, localise
 from onnxtwin.conformance.nodes import NodeLocalisation
+from onnxtwin.conformance.reduced import ReducedPaths, run_reduced
 from onnxtwin.export import ExportResult, export_model, graph_differences
 from onnxtwin.runtime import OnnxtwinError, Session, Timing, measure
 from onnxtwin.runtime.comparison import Case, Check, Comparisons, compare_paths, describe
@@ -61,6 +62,8 @@ class ModelResult:
     """Where twins part (layers), or where two runs of an ONNX file part (nodes)."""
     seconds: float
     accuracy: AccuracyResult | None = None
+    reduced: ReducedPaths | None = None
+    """The fp16 / int8 files (check --precision) and their paths against the oracle."""
 
     @property
     def checks(self) -> tuple[Check, ...]:
@@ -68,7 +71,8 @@ class ModelResult:
 
     @property
     def passed(self) -> bool:
-        return self.comparisons.passed and (self.accuracy is None or self.accuracy.passed)
+        return (self.comparisons.passed and (self.accuracy is None or self.accuracy.passed)
+                and (self.reduced is None or self.reduced.passed))
 
     @property
     def failed(self) -> list[Check]:
@@ -82,9 +86,10 @@ class ModelResult:
         return self.comparisons.worst(path, ORACLE)
 
 
-def step_count(spec: ModelSpec, with_data: bool = False) -> int:
+def step_count(spec: ModelSpec, with_data: bool = False, precisions: int = 0) -> int:
     """How many times run_matrix calls `on_step` for this spec (for progress bars)."""
-    return len(spec.frameworks) + len(spec.matrix_points()) + 1 + with_data
+    return ((len(spec.frameworks) + 1) * (1 + precisions) + len(spec.matrix_points())
+            + with_data)
 
 
 def run_matrix(twins: Twins, out_dir: str | Path, providers: list[str], options: CheckOptions,
@@ -103,10 +108,15 @@ def run_matrix(twins: Twins, out_dir: str | Path, providers: list[str], options:
                                     use_cache=options.use_cache))
     paths = model_paths(twins, exports, providers)
     tolerances = options.tolerances.for_model(spec)
+
+    def cases():
+        return (Case(dims, inputs(spec, dims, seed=options.seed))
+                for dims in spec.matrix_points())
+
+    reduced = run_reduced(spec, exports, options.precisions, providers, twins.oracle(), cases,
+                          data, options, on_step) if options.precisions else None
     comparisons = compare_paths(
-        paths, twins.oracle(),
-        (Case(dims, inputs(spec, dims, seed=options.seed)) for dims in spec.matrix_points()),
-        tolerances,
+        paths, twins.oracle(), cases(), tolerances,
         on_case=lambda case: on_step(f"{spec.name}: running {len(paths)} paths at "
                                      f"{describe(case.dims)}"))
     on_step(f"{spec.name}: timing {len(paths)} paths")
@@ -129,7 +139,7 @@ def run_matrix(twins: Twins, out_dir: str | Path, providers: list[str], options:
         localisation = None
     return ModelResult(spec, tuple(p.info for p in paths), tuple(exports),
                        tuple(graph_differences(exports)), comparisons, latency, localisation,
-                       time.perf_counter() - start, accuracy)
+                       time.perf_counter() - start, accuracy, reduced)
 
 
 def model_paths(twins: Twins, exports: list[ExportResult],

@@ -39,6 +39,12 @@ class CheckOptions:
     timing_runs: int = 20
     trained: Path | None = None
     """A folder written by `onnxtwin train`: its trained twins, checked on their test data."""
+    precisions: tuple[str, ...] = ()
+    """Reduced precisions (fp16, int8) whose files join the matrix as paths."""
+    calibration: Path | None = None
+    """Samples (.npz) for int8 static quantization of random-weight models."""
+    limits: dict | None = None
+    """Reduced-precision gate limits ({precision: export.precision.Limits}; None: LIMITS)."""
 
 
 def select_providers(requested: list[str] | tuple[str, ...] | None) -> list[str]:
@@ -75,7 +81,8 @@ def check(specs: list[ModelSpec], out_dir: str | Path, options: CheckOptions = C
             step = on_model(spec, onnx_steps(spec, ran_on))
             results.append(run_onnx_matrix(spec, ran_on, options, step))
             continue
-        step = on_model(spec, step_count(spec, trained is not None) + 1)  # +1: the twins
+        steps = step_count(spec, trained is not None, len(options.precisions))
+        step = on_model(spec, steps + 1)  # +1: the twins
         step(f"{spec.name}: " + ("loading trained twins and their data" if trained
                                  else "building twins"))
         twins, data = (_trained(inside(trained, spec.name)) if trained

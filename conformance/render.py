@@ -76,11 +76,54 @@ def accuracy_rows(document: dict) -> list[list[str]]:
     return rows
 
 
+REDUCED_COLUMNS = ["file", "provider", "test accuracy", "vs fp32 (points)", "agreement",
+                   "worst vs oracle / scale", "tolerance / scale", "size vs fp32", "verdict"]
+
+
+def reduced_rows(document: dict) -> list[list[str]]:
+    """One row per reduced file and provider (check --precision): its gate against float32
+    and its worst error against the oracle, both relative to the outputs' scale."""
+    rows = []
+    for m in document["models"]:
+        if not (r := m["reduced"]):
+            continue
+        for f in r["files"]:
+            g = f["gate"]
+            for provider in dict.fromkeys(c["actual"].rpartition("@")[2]
+                                          for c in r["comparisons"]
+                                          if c["actual"].startswith(f["path"] + "@")):
+                own = [c for c in r["comparisons"] if c["actual"] == f"{f['path']}@{provider}"]
+                worst = max((c["max_rel"] if c["max_rel"] is not None else np.inf)
+                            for c in own)
+                rows.append([f["path"], provider,
+                             "-" if g["accuracy"] is None else f"{g['accuracy']:.2%}",
+                             "-" if g["drop_points"] is None else f"{-g['drop_points']:+.2f}",
+                             "-" if g["agreement"] is None else f"{g['agreement']:.2%}",
+                             _e(worst), f"{r['tolerances'][f['precision']]:g}",
+                             f"{f['size'] / f['source_size']:.2f}",
+                             "pass" if all(c["passed"] for c in own) else "FAIL"])
+    return rows
+
+
+def reduced_notes(document: dict) -> list[str]:
+    """How each reduced file was made and where its error grows most, as text lines."""
+    lines = []
+    for m in document["models"]:
+        for f in (m["reduced"] or {"files": []})["files"]:
+            kept = "; ".join(f"{op} float32: {why}" for op, why in f["kept_ops"].items())
+            worst = ", ".join(f"{t['tensor']!r} ({t['op']}, {t['layer']}) {t['error']:.2g}"
+                              for t in f["divergence"])
+            lines.append(f"{f['path']}: {f['method']}" + (f"; {kept}" if kept else "")
+                         + (f"; error grows most at {worst}" if worst else ""))
+    return lines
+
+
 def failures(document: dict, limit: int = 20) -> list[str]:
     """Failed comparisons, worst first, and where the twins part ways, as text lines."""
     lines = []
     for m in document["models"]:
-        failed = sorted((c for c in m["comparisons"] if not c["passed"]),
+        reduced = (m["reduced"] or {"comparisons": []})["comparisons"]
+        failed = sorted((c for c in [*m["comparisons"], *reduced] if not c["passed"]),
                         key=lambda c: -(c["max_abs"] if c["max_abs"] is not None else 1e300))
         for c in failed[:limit]:
             lines.append(f"{m['name']}: {c['actual']} vs {c['expected']} at {_shape(c, m)}: "
@@ -151,6 +194,9 @@ def markdown(document: dict) -> str:
     if rows := accuracy_rows(document):
         out += [f"## Accuracy on the test set (trained weights from {trained})", "",
                 md_table(ACCURACY_COLUMNS, rows), ""]
+    if rows := reduced_rows(document):
+        out += ["## Reduced precision", "", md_table(REDUCED_COLUMNS, rows), "",
+                *(f"- {line}" for line in reduced_notes(document)), ""]
     if not s["passed"]:
         out += ["## Failures", "", *(f"- {line}" for line in failures(document)), ""]
     for title, columns, rows in localisation_tables(document):
@@ -175,6 +221,9 @@ def page(document: dict) -> str:
         parts += [f"<h2>Accuracy on the test set (trained weights from "
                   f"{html.escape(document['settings']['trained'])})</h2>",
                   html_table(ACCURACY_COLUMNS, rows)]
+    if rows := reduced_rows(document):
+        parts += ["<h2>Reduced precision</h2>", html_table(REDUCED_COLUMNS, rows), "<ul>",
+                  *(f"<li>{html.escape(x)}</li>" for x in reduced_notes(document)), "</ul>"]
     if not s["passed"]:
         parts += ["<h2>Failures</h2><ul>", *(f"<li>{html.escape(x)}</li>"
                                              for x in failures(document)), "</ul>"]

@@ -112,6 +112,7 @@ def _model_dict(m: ModelResult) -> dict:
         "localisation": _of_kind(m.localisation, Localisation),
         "node_localisation": _of_kind(m.localisation, NodeLocalisation),
         "accuracy": None if m.accuracy is None else m.accuracy.to_dict(),
+        "reduced": None if m.reduced is None else m.reduced.to_dict(),
     }
 
 

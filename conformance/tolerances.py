@@ -14,6 +14,10 @@ from onnxtwin.runtime.metrics import FLOAT32_ABS_TOLERANCE
 DEFAULTS = {"float32": FLOAT32_ABS_TOLERANCE, "float64": 1e-12,
             **dict.fromkeys(("int8", "int16", "int32", "int64", "uint8", "bool"), 0.0)}
 """Integer and boolean outputs (an argmax, a mask) must be equal."""
+REDUCED = {"fp16": 1e-2, "int8": 0.5}
+"""Reduced-precision files against the oracle, as a fraction of each output's scale
+(max(1, max |oracle|)). They catch a broken file (an error as large as the output); how
+much accuracy a file keeps is the precision gate's business, on real data."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,8 @@ class Tolerances:
                           self.models)
 
     def to_dict(self) -> dict:
-        return {"defaults": {**DEFAULTS, **self.defaults}, "models": self.models}
+        return {"defaults": {**DEFAULTS, **self.defaults}, "models": self.models,
+                "reduced": REDUCED}
 
 
 def load_tolerances(path: str | Path | None) -> Tolerances:

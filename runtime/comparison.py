@@ -118,12 +118,15 @@ def compare_paths(paths: Sequence[ModelPath], reference: ModelPath | None,
                   cases: Iterable[Case], tolerances: OutputTolerances,
                   pairs: Literal["all", "reference"] = "all",
                   on_case: Callable[[Case], None] = lambda _: None,
-                  fail_fast: bool = False, keep_outputs: bool = False) -> Comparisons:
+                  fail_fast: bool = False, keep_outputs: bool = False,
+                  scaled: bool = False) -> Comparisons:
     """Run every path (and the reference) on every case and compare them output by output.
 
     Each path is compared with the reference; with pairs="all" every two paths are
     compared directly too. A path that cannot run raises OnnxtwinError naming the path
-    and the case. With `fail_fast`, the first failing case ends the run.
+    and the case. With `fail_fast`, the first failing case ends the run. With `scaled`,
+    tolerances are fractions of the expected output's scale (reduced precision): a check
+    passes within tolerance x max(1, max |expected|), the tolerance it records.
     """
     names = [p.name for p in paths]
     if len(set(names)) != len(names) or (reference and reference.name in names):
@@ -145,7 +148,7 @@ def compare_paths(paths: Sequence[ModelPath], reference: ModelPath | None,
         for name, result in results.items() if keep_outputs else ():
             kept[name].append(result)
         new = [_check(a, e, o, case.dims, results[a][o], results[e][o],
-                      tolerance_for(tolerances, o))
+                      tolerance_for(tolerances, o) * (_scale(results[e][o]) if scaled else 1))
                for a, e in compared for o in results[e]]
         checks += new
         if fail_fast and not all(c.passed for c in new):
@@ -166,6 +169,12 @@ def _run(path: ModelPath, case: Case) -> Arrays:
         return path.run(case.inputs)
     except OnnxtwinError as e:
         raise PathFailed(path.name, case.dims, str(e)) from None
+
+
+def _scale(expected: np.ndarray) -> float:
+    """max(1, the largest finite |value|): what a scaled tolerance multiplies."""
+    e = np.asarray(expected, np.float64)
+    return max(1.0, float(np.abs(e[np.isfinite(e)]).max(initial=0.0)))
 
 
 def _check(actual: str, expected: str, output: str, dims: dict[str, int], a: np.ndarray,

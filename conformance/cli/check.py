@@ -21,7 +21,7 @@ from onnxtwin.conformance.cli.core import (
     selected_specs,
 )
 from onnxtwin.runtime.errors import OnnxtwinError
-from onnxtwin.runtime.files import folder_lock, inside
+from onnxtwin.runtime.files import existing_file, folder_lock, inside
 
 
 def _progress(shown):
@@ -38,9 +38,12 @@ def run_and_report(selected: list, out: Path, options, json_out: bool = False) -
     from onnxtwin.conformance.orchestrator import check as run_check
     from onnxtwin.conformance.render import (
         ACCURACY_COLUMNS,
+        REDUCED_COLUMNS,
         SUMMARY_COLUMNS,
         accuracy_rows,
         failures,
+        reduced_notes,
+        reduced_rows,
         summary_rows,
         write_reports,
     )
@@ -64,6 +67,11 @@ def run_and_report(selected: list, out: Path, options, json_out: bool = False) -
         if rows := accuracy_rows(document):
             console.print(result_table(f"accuracy on the test set, trained weights from "
                                        f"{options.trained}", ACCURACY_COLUMNS, rows))
+        if rows := reduced_rows(document):
+            console.print(result_table("reduced precision: gate against float32, paths against "
+                                       "the oracle", REDUCED_COLUMNS, rows))
+            for line in reduced_notes(document):
+                say(console, line)
         for line in failures(document):
             say(console, line)
         say(console, f"wrote {out}/ (report.json, report.md, report.html, "
@@ -102,6 +110,17 @@ def check(
     trained: Annotated[Path | None, typer.Option(
         help="Folder written by `onnxtwin train`: check its trained twins on real test "
              "samples, and every path's accuracy on the whole test set.")] = None,
+    precision: Annotated[list[str] | None, typer.Option(
+        help="Also make each file's fp16 / int8 copy (repeatable), gated as `export "
+             "--precision` does, and run it as a path (e.g. cnn.torch.int8.onnx@cpu) "
+             "against the oracle within a fraction of the output scale (fp16 0.01, int8 0.5)."
+             )] = None,
+    calibration: Annotated[Path | None, typer.Option(
+        help="An .npz of input samples for int8 static quantization without --trained.")
+    ] = None,
+    gate: Annotated[list[str] | None, typer.Option(
+        help="Override a reduced-precision gate limit, PRECISION.FIELD=VALUE (see export)."
+        )] = None,
 ) -> None:
     """Cross-check every path of every model; exit 0 if all pass, 1 if any fails, 2 on misuse.
 
@@ -117,15 +136,24 @@ def check(
     from onnxtwin.conformance.orchestrator import CheckOptions
     from onnxtwin.conformance.tolerances import load_tolerances
     from onnxtwin.export import FRAMEWORKS, check_request
+    from onnxtwin.export.precision import REDUCED, check_precision, limits_with
 
     for framework in FRAMEWORKS:
         check_request(framework, opset)
+    precisions = tuple(dict.fromkeys(check_precision(p) for p in precision or ()))
+    if "fp32" in precisions or (calibration is not None and "int8" not in precisions):
+        raise OnnxtwinError(f"--precision: expected {list(REDUCED)} (float32 always runs) and "
+                            f"int8 with --calibration, got {list(precisions)}"
+                            + (f" and --calibration {calibration}" if calibration else ""))
+    if calibration is not None:
+        existing_file(calibration, "an .npz of input samples")
     selected = selected_specs(model, spec)
     tolerances = load_tolerances(spec)
     if tolerance is not None:
         tolerances = tolerances.with_default("float32", tolerance)
     options = CheckOptions(providers=_providers(provider), tolerances=tolerances, opset=opset,
-                           seed=seed, use_cache=cache, trained=trained)
+                           seed=seed, use_cache=cache, trained=trained, precisions=precisions,
+                           calibration=calibration, limits=limits_with(gate or []))
     quiet_tensorflow()
     with folder_lock(out):
         run_and_report(selected, out, options, json_out)
