@@ -1,6 +1,5 @@
-"""Float16 copies of exported models: onnxruntime's converter, with the nodes that overflow
-float16 found by running them and kept in float32; accepted only within a stated tolerance
-of float32."""
+"""Float16 copies of exported models: onnxruntime's converter, with the nodes whose values
+leave float16's range kept in float32; accepted only within a stated tolerance of float32."""
 
 from __future__ import annotations
 
@@ -26,9 +25,8 @@ FLOAT16_REL_TOLERANCE = 5e-3
 float16 has an 11-bit significand (rounding step 4.9e-4 of a value); a few roundings
 through matmuls and activations stay well inside 1% of the logits' scale.
 """
-BLOCKING_ROUNDS = 8
-"""How many times overflowing nodes are looked for and blocked before giving up."""
-OVERFLOW = "overflows float16 (|x| > 65504) on the validation inputs"
+FLOAT16_MAX = 65504.0
+OVERFLOW = "a value beyond float16's range (|x| > 65504) on the validation inputs"
 
 
 @dataclass(frozen=True)
@@ -52,75 +50,111 @@ class Float16Model:
         return dict(sorted(reduced.items())), dict(sorted(kept.items()))
 
 
-def convert_float16(source: onnx.ModelProto, inputs: Sequence[dict[str, np.ndarray]],
-                    block: Sequence[str] = ()) -> Float16Model:
-    """Weights and activations in float16, inputs and outputs float32 (keep_io_types), ops of
-    onnxruntime's DEFAULT_OP_BLOCK_LIST and `block` (op types) in float32.
+def convert_float16(source: onnx.ModelProto, inputs: Sequence[dict[str, np.ndarray]]
+                    ) -> Float16Model:
+    """Weights and activations in float16, inputs and outputs float32 (keep_io_types), and in
+    float32: the ops of onnxruntime's DEFAULT_OP_BLOCK_LIST, and every node that reads or
+    writes a value beyond float16's range when the float32 model runs on `inputs` (an
+    activation that would overflow to inf, or a constant the converter would clamp).
 
-    Then every node's output is run on `inputs` in float32 and float16 (a copy with every
-    output marked): a node whose float16 output is not finite where float32's is finite
-    overflows, and is converted again in float32 (node_block_list), round by round, until
-    none does.
+    The range is judged on float32 values, not by running the float16 file: onnxruntime's
+    CPU provider has no float16 kernel for most ops, computes them in float32 and drops the
+    Casts between them, so a float16 overflow does not show on CPU (it does on CUDA).
     """
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
 
-    blocked: dict[str, str] = {n.name: "in onnxruntime's float16 block list"
-                               for n in source.graph.node
-                               if n.op_type in {*DEFAULT_OP_BLOCK_LIST, *block}}
-    reference = _node_outputs(source, inputs)
-    for _ in range(BLOCKING_ROUNDS):
-        model = _converted(source, blocked)
-        found = _overflowing(source, _node_outputs(model, inputs), reference)
-        if not found:
-            return Float16Model(model, blocked)
-        blocked |= dict.fromkeys(found, OVERFLOW)
-    raise OnnxtwinError(f"float16 of graph {source.graph.name!r}: expected the overflowing "
-                        f"nodes to be found in {BLOCKING_ROUNDS} rounds, still got {found}")
+    source = _named(source)
+    out_of_range = _out_of_range(source, inputs)
+    blocked: dict[str, str] = {}
+    for node in source.graph.node:
+        if node.op_type in DEFAULT_OP_BLOCK_LIST:
+            blocked[node.name] = "in onnxruntime's float16 block list"
+        elif out_of_range & {*node.input, *node.output}:
+            blocked[node.name] = OVERFLOW
+    return Float16Model(_converted(source, blocked), blocked)
+
+
+def _named(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose nodes all have names (node_block_list matches by name)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for index, node in enumerate(copy.graph.node):
+        node.name = node.name or f"{node.op_type}_{index}"
+    return copy
 
 
 def _converted(source: onnx.ModelProto, blocked: dict[str, str]) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    copy = onnx.ModelProto()
-    copy.CopyFrom(source)
-    for node in copy.graph.node:  # the converter skips nameless nodes in node_block_list
-        node.name = node.name or f"node_{id(node)}"
-    return convert_float_to_float16(copy, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST,
-                                    node_block_list=list(blocked))
+    return _without_round_trips(convert_float_to_float16(
+        source, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST,
+        node_block_list=list(blocked)))
 
 
-def _node_outputs(model: onnx.ModelProto, inputs: Sequence[dict[str, np.ndarray]]
-                  ) -> list[dict[str, np.ndarray]]:
-    """Every node output of `model` on each input set (onnxruntime CPU)."""
+def _without_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The converted model with its float32 -> float16 -> float32 Cast pairs removed.
+
+    Workaround (onnxruntime 1.31.1, onnxruntime.transformers.float16): each blocked node is
+    an island, its outputs cast to float16 and cast back for the next blocked node, so a
+    value kept in float32 because it overflows float16 still passes through float16 between
+    two blocked nodes (inf); and a blocked node that reads one input twice (x * x) gets two
+    identical Casts writing one value, which onnxruntime refuses. Here each consumer of
+    such a pair reads the float32 value directly, and duplicate nodes are dropped.
+    """
+    graph = model.graph
+    nodes = list(graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
+    for n in nodes:
+        for i in n.input:
+            consumers[i].append(n)
+    outputs = {o.name for o in graph.output}
+
+    def cast_to(node: onnx.NodeProto) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) \
+            if node.op_type == "Cast" else None
+
+    rename, dropped = {}, set()
+    for back in nodes:
+        front = producer.get(back.input[0]) if cast_to(back) == onnx.TensorProto.FLOAT else None
+        if front is not None and cast_to(front) == onnx.TensorProto.FLOAT16 and \
+                back.output[0] not in outputs:
+            rename[back.output[0]] = front.input[0]
+            dropped.add(id(back))
+    seen, kept = set(), []
+    for n in nodes:
+        if id(n) in dropped or tuple(n.output) in seen:
+            continue
+        seen.add(tuple(n.output))
+        n.input[:] = [rename.get(i, i) for i in n.input]
+        kept.append(n)
+    used = {i for n in kept for i in n.input} | outputs
+    kept = [n for n in kept if cast_to(n) != onnx.TensorProto.FLOAT16
+            or any(o in used for o in n.output)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model
+
+
+def _out_of_range(model: onnx.ModelProto, inputs: Sequence[dict[str, np.ndarray]]) -> set[str]:
+    """Names of the float inputs, weights and node outputs with a finite value beyond
+    FLOAT16_MAX, on onnxruntime CPU in float32."""
     with tempfile.TemporaryDirectory(prefix="onnxtwin-fp16-") as folder:
         marked = Path(folder) / "marked.onnx"
         onnx.save(mark_all_outputs(model), str(marked))
         session = Session(marked, "cpu", strict=True)
-        return [session.run(x) for x in inputs]
+        runs = [{**x, **session.run(x)} for x in inputs]
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {name for values in (*runs, weights) for name, value in values.items()
+            if _beyond(value)}
 
 
-def _overflowing(source: onnx.ModelProto, runs: list[dict[str, np.ndarray]],
-                 reference: list[dict[str, np.ndarray]]) -> list[str]:
-    """Nodes of `source` with an output finite in float32 but not in float16, first ones
-    only: what they feed overflows because they do, and blocking them mends it."""
-    found = []
-    poisoned: set[str] = set()
-    for node in source.graph.node:
-        inputs_bad = any(i in poisoned for i in node.input)
-        for name in node.output:
-            if any(name in half and name in full and _overflows(half[name], full[name])
-                   for half, full in zip(runs, reference, strict=True)):
-                poisoned.add(name)
-                if not inputs_bad:
-                    found.append(node.name)
-                    break
-    return found
-
-
-def _overflows(half: np.ndarray, full: np.ndarray) -> bool:
-    if half.dtype.kind != "f" or full.dtype.kind != "f":
+def _beyond(value: np.ndarray) -> bool:
+    value = np.asarray(value)
+    if value.dtype.kind != "f":
         return False
-    return bool((~np.isfinite(half) & np.isfinite(full)).any())
+    finite = value[np.isfinite(value)]
+    return bool(finite.size and np.abs(finite).max() > FLOAT16_MAX)
 
 
 @dataclass(frozen=True)

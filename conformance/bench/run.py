@@ -5,6 +5,28 @@ torch.compile, Keras through its tf.function, onnxruntime on each file and provi
 default and tuned. All run in the same rounds, in a rotating order, so a noisy machine
 slows them all alike and the ratios hold. Before its time counts, every contender is
 compared with torch eager on every output by the comparison engine.
+
+Reduced-precision files join the race: each plain export's fp16 and int8 copies
+(export/precision.py, gated against it; int8 of a graph with a Conv is calibrated on seeded
+random inputs, the weights being random), validated within a fraction of the outputs' scale,
+and each reported against its own float32 file (`vs_float32_file`) besides the natives.
+
+The exploration (every file, default and tuned) is not the headline: its minimum over many
+paths favours a lucky sample. Per model, `choose_deploy` takes the one CPU file and settings
+onnxtwin would deploy, and a confirmation pass times just that choice, in a fresh session,
+interleaved against the natives again at each batch; the headline target
+(onnx_cpu_vs_fastest_native) is the confirmed ratio. bench.json gains:
+
+- `models[i]["contenders"][j]["vs_float32_file"]` for a reduced contender: its p50 / the
+  p50 of its float32 file with the same settings kind (default or tuned, same provider);
+- `models[i]["confirmed"]`: that batch's confirmation record (see `confirm`), or None;
+- `"deploy": {model: {"contender", "file", "precision", "provider", "settings": {"threads",
+  "optimization", "spinning"}, "exploration_geomean_vs_fastest_native", "confirmed": [{"batch",
+  "p50_ms", "p90_ms", "runs", "max_abs_vs_torch", "fastest_native", "fastest_native_p50_ms",
+  "vs_fastest_native"}]}}`; OUT/deploy.json (`deploy_settings`) is its settings part, read by
+  `onnxtwin serve --settings` and `onnxtwin deploy --settings`;
+- `"reduced": [{"model", "source", "file", "precision", "method", "relative_error",
+  "agreement", "calibration", "refused"}]`: how each reduced file was made, or why not.
 """
 
 from __future__ import annotations
@@ -34,6 +56,16 @@ the result's "reference" says which)."""
 TARGET_ONNX_VS_NATIVE = 0.8  # the faster ONNX path on CPU / the fastest native framework
 TARGET_KERAS_VS_TORCH_FILE = 1.15  # the Keras-exported file / the torch-exported one
 TARGET_CNN_PEAK = 0.6  # CNN at batch 64: fraction of the measured float32 matmul peak
+TARGET_INT8_VS_FLOAT32 = 0.6  # an int8 file / its float32 file, tuned, at TARGET_BATCH
+INT8_TARGET_MODELS = ("cnn", "lstm", "transformer")
+TARGET_BATCH = 64
+REDUCED = ("fp16", "int8")
+CALIBRATION_DRAWS, HELD_OUT_DRAWS, CALIBRATION_BATCH = 4, 2, 16
+"""int8 calibration of a bench file (random weights, no data): seeded random input batches at
+the bench dims (seeds BENCH_SEED + 1, + 2, ...: not the timed inputs), 4 to set the activation
+ranges and 2 held out to choose the calibration method."""
+DEPLOY_KEYS = ("threads", "optimization", "spinning")
+"""The session settings a deploy choice fixes (runtime.Session keywords)."""
 TARGET_HELP_S, TARGET_FIRST_INFERENCE_S = 0.5, 1.0
 """`onnxtwin --help`, and `run` / `serve` to their first inference, in a fresh process."""
 SETTLE_S = 0.1
@@ -55,6 +87,7 @@ class BenchOptions:
     calls: int = 10
     compile_torch: bool = True
     startup: bool = True
+    precisions: tuple[str, ...] = REDUCED  # reduced copies of each export to race; () none
 
 
 @dataclass
@@ -113,22 +146,102 @@ def tuned_session(path: Path, provider: str, inputs: Inputs, calls: int = 10
     return best[1], best[2]
 
 
-def onnx_contenders(files: dict[str, Path], providers: list[str], inputs: Inputs
-                    ) -> list[Contender]:
-    """Per file and provider: the tuned settings, and for plain exports also onnxruntime's
-    defaults (an offline-optimised file is only worth its tuned run)."""
+def precision_of(label: str) -> str:
+    """"torch.int8.onnx" -> "int8"; a float32 file ("torch.onnx", "torch.opt.onnx") -> "fp32"."""
+    parts = label.split(".")
+    return parts[-2] if len(parts) > 2 and parts[-2] in REDUCED else "fp32"
+
+
+def onnx_contenders(files: dict[str, Path], providers: list[str], inputs: Inputs,
+                    tolerances: dict[str, float] | None = None) -> list[Contender]:
+    """Per file and provider: the tuned settings, and for plain exports and their reduced
+    copies also onnxruntime's defaults (an offline-optimised file is only worth its tuned
+    run). `tolerances`: a file label's own tolerance (reduced files), else float32's."""
     contenders = []
     for label, path in files.items():
+        tolerance = (tolerances or {}).get(label, FLOAT32_ABS_TOLERANCE)
+        kind = {"file": path.name, "precision": precision_of(label)}
         for provider in providers:
             if not label.endswith(".opt.onnx"):
                 default = Session(path, provider, strict=True)
                 contenders.append(Contender(
                     OnnxPath(default, f"{label}@{provider}"), "onnx",
-                    {"optimization": "all", "threads": 0, "spinning": True, "file": path.name}))
+                    {"optimization": "all", "threads": 0, "spinning": True, **kind}, tolerance))
             tuned, settings = tuned_session(path, provider, inputs)
             contenders.append(Contender(OnnxPath(tuned, f"{label}@{provider} tuned"), "onnx",
-                                        {**settings, "file": path.name}))
+                                        {**settings, **kind}, tolerance))
     return contenders
+
+
+def bench_dims(spec, batch: int, seq: int) -> dict[str, int]:
+    """The dims of a bench input: `batch` and `seq` where the signature has them, any other
+    dim at its largest matrix value."""
+    return {**spec.matrix_points()[-1],
+            **grids.restrict({"batch": batch, "seq": seq}, spec.signature.dims)}
+
+
+def reduced_files(source: Path, spec, precisions: tuple[str, ...], seq: int,
+                  on_step: Callable[[str], None]) -> tuple[dict[str, Path], list[dict]]:
+    """The `precisions` copies of float32 `source` ({label: path}, e.g. "torch.int8.onnx"),
+    each written only if export/precision.py's gate passes on the matrix inputs, and a record
+    of each: how it was made, or why it was refused (then it does not race).
+
+    The weights are random, so there is no data to calibrate int8 on: a graph with a Conv
+    is calibrated on CALIBRATION_DRAWS seeded random batches at the bench dims (the record
+    says "calibrated on random inputs"); dynamic int8 needs none.
+    """
+    from onnxtwin.builders import sample_inputs
+    from onnxtwin.export.precision import reduce_precision, reduced_name
+    from onnxtwin.export.precision_data import gate_data
+    from onnxtwin.export.quantize import Calibration
+
+    dims = bench_dims(spec, CALIBRATION_BATCH, seq)
+    draws = tuple(sample_inputs(spec, dims, seed=grids.BENCH_SEED + 1 + i)
+                  for i in range(CALIBRATION_DRAWS + HELD_OUT_DRAWS))
+    calibration = Calibration(
+        f"{CALIBRATION_DRAWS} x {CALIBRATION_BATCH} seeded random inputs (calibrated on "
+        f"random inputs: random weights have no data)", draws[:CALIBRATION_DRAWS],
+        draws[CALIBRATION_DRAWS:])
+    gate = gate_data(spec, None)
+    made, records = {}, []
+    for precision in precisions:
+        on_step(f"{spec.name}: {precision} copy of {source.name}")
+        record = {"model": spec.name, "source": source.name,
+                  "file": reduced_name(source, precision).name, "precision": precision,
+                  "method": None, "relative_error": None, "agreement": None,
+                  "calibration": None, "refused": None}
+        try:
+            result = reduce_precision(source, precision, gate, calibration)
+        except Exception as e:  # refused by its gate or not made: reported, not raced
+            why = str(e) if isinstance(e, OnnxtwinError) else f"{type(e).__name__}: {e}"
+            records.append({**record, "refused": why.splitlines()[0]})
+            continue
+        made[precision_label(source, precision)] = result.path
+        records.append({**record, "method": result.method,
+                        "relative_error": result.gate.relative_error,
+                        "agreement": result.gate.agreement,
+                        "calibration": result.calibration and result.calibration["data"]})
+    return made, records
+
+
+def precision_label(source: Path, precision: str) -> str:
+    """NAME.torch.onnx -> "torch.int8.onnx": the contender label of a reduced copy."""
+    framework = source.name.removesuffix(".onnx").rsplit(".", 1)[-1]
+    return f"{framework}.{precision}.onnx"
+
+
+def reduced_tolerances(files: dict[str, Path], outputs: dict[str, np.ndarray]
+                       ) -> dict[str, float]:
+    """Each reduced file's tolerance vs the reference, relative to the outputs' scale: fp16
+    FLOAT16_REL_TOLERANCE, int8 the int8 gate's relative error, each x max(1, scale)."""
+    from onnxtwin.export.float16 import FLOAT16_REL_TOLERANCE
+    from onnxtwin.export.precision import LIMITS
+
+    scale = max(float(np.abs(v).max(initial=0.0)) for v in outputs.values()
+                if np.issubdtype(v.dtype, np.floating))
+    relative = {"fp16": FLOAT16_REL_TOLERANCE, "int8": LIMITS["int8"].relative_error}
+    return {label: relative[precision_of(label)] * max(1.0, scale)
+            for label in files if precision_of(label) != "fp32"}
 
 
 def native_contenders(twins, compile_torch: bool) -> list[Contender]:
@@ -200,35 +313,126 @@ def relative_to_fastest_native(timed: list[dict]) -> None:
         r["vs_fastest_native"] = r["p50_ms"] / fastest
 
 
+def relative_to_float32_file(timed: list[dict]) -> None:
+    """Add each reduced contender summary's `vs_float32_file`: its p50 / the p50 of its
+    float32 file with the same settings kind ("torch.int8.onnx@cpu tuned" ->
+    "torch.onnx@cpu tuned"); None if that one was not timed."""
+    by_name = {r["name"]: r for r in timed}
+    for r in timed:
+        precision = r.get("settings", {}).get("precision", "fp32")
+        if r["kind"] == "onnx" and precision != "fp32":
+            base = by_name.get(r["name"].replace(f".{precision}.onnx", ".onnx", 1))
+            r["vs_float32_file"] = r["p50_ms"] / base["p50_ms"] if base else None
+
+
+def _on_cpu(r: dict) -> bool:
+    return r["kind"] == "onnx" and "@cpu" in r["name"]
+
+
+def _fp32(r: dict) -> bool:
+    return r.get("settings", {}).get("precision", "fp32") == "fp32"
+
+
 def targets(model: str, batch: int, results: list[dict], flops: float | None,
-            peak_gflops: float) -> list[dict]:
-    """The issue's targets for one model and batch: met or not, with the measured ratio."""
+            peak_gflops: float, confirmed: dict | None = None) -> list[dict]:
+    """The issue's targets for one model and batch: met or not, with the measured ratio.
+
+    The headline, onnx_cpu_vs_fastest_native, is the confirmation pass's ratio of the deploy
+    choice (`confirmed`; no target without one), never the exploration's minimum. The file
+    comparisons and the CNN's fraction of the float32 peak use the float32 files of the
+    exploration; int8_vs_float32_file is the better file's tuned int8 / tuned float32 ratio.
+    """
     def best(predicate) -> float | None:
         times = [r["p50_ms"] for r in results if predicate(r)]
         return min(times) if times else None
 
-    native = best(lambda r: r["kind"] == "native")
-    onnx_cpu = best(lambda r: r["kind"] == "onnx" and "@cpu" in r["name"])
-    torch_file = best(lambda r: r["kind"] == "onnx" and r["name"].startswith("torch.")
-                      and "@cpu" in r["name"])
-    keras_file = best(lambda r: r["kind"] == "onnx" and r["name"].startswith("keras.")
-                      and "@cpu" in r["name"])
+    onnx_cpu = best(lambda r: _on_cpu(r) and _fp32(r))
+    torch_file = best(lambda r: _on_cpu(r) and _fp32(r) and r["name"].startswith("torch."))
+    keras_file = best(lambda r: _on_cpu(r) and _fp32(r) and r["name"].startswith("keras."))
     found = []
-    if native and onnx_cpu:
-        found.append(_target("onnx_cpu_vs_fastest_native", onnx_cpu / native,
-                             TARGET_ONNX_VS_NATIVE))
+    if confirmed and confirmed.get("vs_fastest_native") is not None:
+        found.append({**_target("onnx_cpu_vs_fastest_native", confirmed["vs_fastest_native"],
+                                TARGET_ONNX_VS_NATIVE),
+                      "contender": confirmed["contender"], "measured_in": "confirmation pass"})
     if torch_file and keras_file:
         found.append(_target("keras_file_vs_torch_file", keras_file / torch_file,
                              TARGET_KERAS_VS_TORCH_FILE))
-    if model == "cnn" and batch == 64 and flops and onnx_cpu:
+    if model == "cnn" and batch == TARGET_BATCH and flops and onnx_cpu:
         fraction = flops / (onnx_cpu / 1e3) / 1e9 / peak_gflops
         found.append({"target": "cnn_fraction_of_matmul_peak", "value": fraction,
                       "limit": TARGET_CNN_PEAK, "met": fraction >= TARGET_CNN_PEAK})
+    int8 = [r for r in results if _on_cpu(r) and r["name"].endswith(" tuned")
+            and r.get("settings", {}).get("precision") == "int8"
+            and r.get("vs_float32_file") is not None]
+    if model in INT8_TARGET_MODELS and batch == TARGET_BATCH and int8:
+        better = min(int8, key=lambda r: r["vs_float32_file"])
+        found.append({**_target("int8_vs_float32_file", better["vs_float32_file"],
+                                TARGET_INT8_VS_FLOAT32), "contender": better["name"]})
     return found
 
 
 def _target(name: str, ratio: float, limit: float) -> dict:
     return {"target": name, "value": ratio, "limit": limit, "met": ratio <= limit}
+
+
+def choose_deploy(results: list[dict]) -> dict | None:
+    """The one CPU onnx contender onnxtwin would deploy for a model, from the exploration at
+    each batch: the lowest geometric mean of vs_fastest_native over the batches (only those
+    timed at every batch compete). A tuned contender's settings can differ per batch: the
+    choice fixes those of the largest batch (where serving's batching runs), and the
+    confirmation pass then measures them at every batch. None if nothing qualifies."""
+    scores = {}
+    for name in (c["name"] for c in results[0]["contenders"] if _on_cpu(c)):
+        ratios = [next((c["vs_fastest_native"] for c in r["contenders"] if c["name"] == name),
+                       None) for r in results]
+        if None not in ratios:
+            scores[name] = float(np.exp(np.mean(np.log(ratios))))
+    if not scores:
+        return None
+    name = min(scores, key=scores.get)
+    largest = max(results, key=lambda r: r["batch"])
+    settings = next(c["settings"] for c in largest["contenders"] if c["name"] == name)
+    return {"contender": name, "file": settings["file"], "precision": settings["precision"],
+            "provider": "cpu", "settings": {k: settings[k] for k in DEPLOY_KEYS},
+            "exploration_geomean_vs_fastest_native": scores[name], "confirmed": []}
+
+
+def confirm(choice: dict, path: Path, natives: list[Contender], inputs: Inputs,
+            reference: ModelPath, dims: dict[str, int], tolerance: float, batch: int,
+            options: BenchOptions) -> dict:
+    """The confirmation pass at one batch: the deploy choice in a fresh session with its
+    settings, validated, then interleaved against the natives (their times reset) with the
+    exploration's rounds and calls. Returns {"batch", "contender", "p50_ms", "p90_ms", "runs",
+    "max_abs_vs_torch", "fastest_native", "fastest_native_p50_ms", "vs_fastest_native"}, or
+    {"batch", "contender", "skipped": why} if the choice fails validation here."""
+    session = Session(path, choice["provider"], strict=True, **choice["settings"])
+    chosen = Contender(OnnxPath(session, choice["contender"]), "onnx",
+                       {**choice["settings"], "file": path.name,
+                        "precision": choice["precision"]}, tolerance)
+    record = {"batch": batch, "contender": choice["contender"]}
+    if skipped := validate([chosen], inputs, reference, dims):
+        return {**record, "skipped": skipped[chosen.name]}
+    for native in natives:
+        native.seconds = []
+    interleave([*natives, chosen], inputs, options.rounds, options.calls)
+    timed = [c.summary(batch) for c in [*natives, chosen]]
+    relative_to_fastest_native(timed)
+    fastest = min(timed[:-1], key=lambda r: r["p50_ms"])
+    mine = timed[-1]
+    return {**record, **{k: mine[k] for k in ("p50_ms", "p90_ms", "runs", "max_abs_vs_torch")},
+            "fastest_native": fastest["name"], "fastest_native_p50_ms": fastest["p50_ms"],
+            "vs_fastest_native": mine["vs_fastest_native"]}
+
+
+def deploy_settings(document: dict) -> dict:
+    """OUT/deploy.json: per model, the file and session settings chosen and confirmed by the
+    benchmark, for `onnxtwin serve --settings` and `onnxtwin deploy --settings`."""
+    return {"benchmark": document["benchmark"], "models": {
+        name: {"file": d["file"], "precision": d["precision"], "provider": d["provider"],
+               "settings": d["settings"],
+               "confirmed_vs_fastest_native": {str(c["batch"]): c.get("vs_fastest_native")
+                                               for c in d["confirmed"]}}
+        for name, d in document["deploy"].items()}}
 
 
 def torch_flops(spec, model, inputs: Inputs) -> float | None:
@@ -293,8 +497,10 @@ def machine() -> dict:
 
 
 def bench_model(twins, out: Path, options: BenchOptions, providers: list[str],
-                peak_gflops: float, on_step: Callable[[str], None]) -> list[dict]:
-    """One model at each batch: every contender validated, timed interleaved, targets."""
+                peak_gflops: float, on_step: Callable[[str], None]) -> dict:
+    """One model: the exploration at each batch (every contender validated, timed
+    interleaved), the deploy choice, its confirmation pass at each batch, then the targets.
+    Returns {"batches": [one record per batch], "deploy": choice or None, "reduced": [...]}."""
     from onnxtwin.builders import sample_inputs
     from onnxtwin.builders.paths import KerasPath, TorchPath
     from onnxtwin.export import export_model
@@ -306,30 +512,49 @@ def bench_model(twins, out: Path, options: BenchOptions, providers: list[str],
                           name=REFERENCE) if twins.torch_model is not None else KerasPath(
         twins.keras_model, signature.input_names, signature.output_names, name="keras eager",
         channels_last=signature.channels_last)
-    files = {}
+    files, reduced = {}, []
     for fw in twins.frameworks:
         on_step(f"{spec.name}: exporting and optimising the {fw} twin")
         files[f"{fw}.onnx"] = export_model(twins, fw, out).path
         files[f"{fw}.opt.onnx"] = optimize_offline(files[f"{fw}.onnx"], twins, fw)[0]
-    results = []
+        made, records = reduced_files(files[f"{fw}.onnx"], spec, options.precisions,
+                                      options.seq, on_step)
+        files.update(made)
+        reduced += records
+    results, kept = [], {}
     for batch in options.batches:
         on_step(f"{spec.name}: batch {batch}")
-        dims = {**spec.matrix_points()[-1],  # a dim other than batch and seq: its largest
-                **grids.restrict({"batch": batch, "seq": options.seq}, signature.dims)}
+        dims = bench_dims(spec, batch, options.seq)
         inputs = sample_inputs(spec, dims, seed=grids.BENCH_SEED)
+        tolerances = reduced_tolerances(files, reference.run(inputs))
         contenders = [*native_contenders(twins, options.compile_torch),
-                      *onnx_contenders(files, providers, inputs)]
+                      *onnx_contenders(files, providers, inputs, tolerances)]
         skipped = validate(contenders, inputs, reference, dims)
         interleave(contenders, inputs, options.rounds, options.calls)
         timed = [c.summary(batch) for c in contenders]
         relative_to_fastest_native(timed)
+        relative_to_float32_file(timed)
         flops = None if twins.torch_model is None else torch_flops(spec, twins.torch_model,
                                                                     inputs)
         results.append({"name": spec.name, "batch": batch, "seq": dims.get("seq"),
                         "reference": reference.info.framework,  # torch eager, else keras
                         "flops": flops, "contenders": timed, "skipped": skipped,
-                        "targets": targets(spec.name, batch, timed, flops, peak_gflops)})
-    return results
+                        "confirmed": None, "targets": []})
+        kept[batch] = (dims, inputs, [c for c in contenders if c.kind == "native"],
+                       tolerances)
+    deploy = choose_deploy(results) if results else None
+    for r in results:
+        if deploy:
+            on_step(f"{spec.name}: confirming {deploy['contender']} at batch {r['batch']}")
+            dims, inputs, natives, tolerances = kept[r["batch"]]
+            label = deploy["contender"].split("@")[0]
+            r["confirmed"] = confirm(deploy, files[label], natives, inputs, reference, dims,
+                                     tolerances.get(label, FLOAT32_ABS_TOLERANCE), r["batch"],
+                                     options)
+            deploy["confirmed"].append(r["confirmed"])
+        r["targets"] = targets(spec.name, r["batch"], r["contenders"], r["flops"],
+                               peak_gflops, r["confirmed"])
+    return {"batches": results, "deploy": deploy, "reduced": reduced}
 
 
 def run_bench(specs: list, out: Path, options: BenchOptions = BenchOptions(),
@@ -341,23 +566,28 @@ def run_bench(specs: list, out: Path, options: BenchOptions = BenchOptions(),
     usable = [p for p in options.providers if p in usable_aliases()]
     on_step("measuring the float32 matmul peak")
     peak = matmul_peak_gflops()
-    models = []
+    models, deploy, reduced = [], {}, []
     for spec in (s for s in specs if s.frameworks):  # an ONNX file has no native to race
-        models += bench_model(build_twins(spec), out, options, usable, peak, on_step)
+        done = bench_model(build_twins(spec), out, options, usable, peak, on_step)
+        models += done["batches"]
+        reduced += done["reduced"]
+        if done["deploy"]:
+            deploy[spec.name] = done["deploy"]
     found = [t for m in models for t in m["targets"]]
     document = {"benchmark": "onnxtwin bench", "machine": machine(),
                 "matmul_peak_gflops": peak,
                 "settings": {"batches": list(options.batches), "seq": options.seq,
                              "rounds": options.rounds, "calls_per_round": options.calls,
                              "providers": usable, "providers_asked": list(options.providers),
-                             "tuning": TUNING},
-                "models": models,
+                             "precisions": list(options.precisions), "tuning": TUNING},
+                "models": models, "deploy": deploy, "reduced": reduced,
                 "startup": startup_seconds(out, specs[0].name) if options.startup else None,
                 "summary": {"targets": len(found), "met": sum(t["met"] for t in found)}}
     if document["startup"]:
         document["summary"]["targets"] += len(document["startup"]["targets"])
         document["summary"]["met"] += sum(t["met"] for t in document["startup"]["targets"])
     return document
+
 
 def startup_seconds(out: Path, model: str, repeats: int = 3) -> dict:
     """Wall time of fresh processes: `onnxtwin --help`, and `onnxtwin run` and `onnxtwin

@@ -15,6 +15,10 @@ from onnxtwin.conformance.cli.core import app, bounded, console, say, session
 
 PANEL = "Deployment (onnxruntime only)"
 MAX_RUN_MB = 1024.0  # runtime.session.DEFAULT_MEMORY_LIMIT, which would import onnxruntime
+SettingsOption = Annotated[Path | None, typer.Option(
+    "--settings", help="deploy.json written by `onnxtwin bench`: the onnxruntime session "
+                       "settings (threads, optimization, spinning) it chose and confirmed "
+                       "for each file. Every model given must be a file it names.")]
 
 
 @app.command(rich_help_panel=PANEL)
@@ -97,6 +101,7 @@ def serve(
         help="Open connections; one more is closed as soon as it is accepted.")] = 1000,
     strict: Annotated[bool, typer.Option(
         help="Fail if the provider cannot run here, instead of falling back to CPU.")] = False,
+    settings: SettingsOption = None,
 ) -> None:
     """Serve ONNX models over HTTP with the Open Inference Protocol v2 (KServe v2, Triton).
 
@@ -120,9 +125,47 @@ def serve(
         body_timeout_s=bounded("body_timeout", body_timeout, 0.001, 3600),
         idle_timeout_s=bounded("idle_timeout", idle_timeout, 0.001, 3600),
         max_connections=int(bounded("max_connections", max_connections, 1, 2**20)))
-    sessions = {name: session(path, provider, strict, **options.session_bounds)
+    chosen = session_settings(settings, models)
+    sessions = {name: session(path, provider, strict, **options.session_bounds,
+                              **chosen.get(path, {}))
                 for name, path in model_names(models).items()}
     run_server(sessions, host, port, options, announce=lambda line: say(console, line))
+
+
+def session_settings(path: Path | None, models: list[Path]) -> dict[Path, dict]:
+    """Per model file, the session settings ({"threads", "optimization", "spinning"}) that
+    `path` (OUT/deploy.json of `onnxtwin bench`) holds for the file of its name; {} without
+    --settings. A file it does not name is refused: serving it with defaults would not be
+    what the benchmark measured."""
+    import json
+
+    from onnxtwin.runtime.errors import OnnxtwinError
+    from onnxtwin.runtime.session import OPTIMIZATION_LEVELS
+
+    if path is None:
+        return {}
+    expected = (f"--settings {path}: expected deploy.json of `onnxtwin bench` ({{\"models\": "
+                f"{{MODEL: {{\"file\", \"settings\": {{\"threads\": int >= 0, \"optimization\": "
+                f"one of {list(OPTIMIZATION_LEVELS)}, \"spinning\": bool}}}}}}}})")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))["models"].values()
+        by_file = {e["file"]: e["settings"] for e in entries}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise OnnxtwinError(f"{expected}, got {type(e).__name__}: {e}".splitlines()[0]) \
+            from None
+    for file, chosen in by_file.items():
+        threads = chosen.get("threads") if isinstance(chosen, dict) else None
+        if not isinstance(file, str) or not isinstance(chosen, dict) or \
+                set(chosen) != {"threads", "optimization", "spinning"} or \
+                not isinstance(threads, int) or isinstance(threads, bool) or \
+                not 0 <= threads <= 1024 or \
+                chosen["optimization"] not in OPTIMIZATION_LEVELS or \
+                not isinstance(chosen["spinning"], bool):
+            raise OnnxtwinError(f"{expected}, got {file!r}: {chosen!r}")
+    if missing := [m.name for m in models if m.name not in by_file]:
+        raise OnnxtwinError(f"--settings {path}: expected settings for {missing}, got "
+                            f"settings for {sorted(by_file)}")
+    return {m: by_file[m.name] for m in models}
 
 
 def mebibytes(name: str, value: float, high: float = 2**20) -> int:
@@ -147,14 +190,23 @@ def deploy(
     max_delay_us: Annotated[int, typer.Option(
         help="Dynamic batching's max_queue_delay_microseconds.")] = 0,
     instances: Annotated[int, typer.Option(help="Model instances.")] = 1,
+    settings: SettingsOption = None,
 ) -> None:
     """Write a Triton model repository: OUT/NAME/config.pbtxt and OUT/NAME/1/model.onnx.
 
     The config is built and checked with Triton's model-config protobuf; names, dtypes
-    and dims come from the model's signature.
+    and dims come from the model's signature. With --settings, the benchmark's threads and
+    optimisation level go into it (Triton's onnxruntime backend has no setting for idle
+    threads' spinning: that one is said, not written).
     """
     from onnxtwin.runtime.serve.triton import TritonOptions, write_repository
 
-    folder = write_repository(model, out, name, TritonOptions(provider, max_batch, max_delay_us,
-                                                              instances))
+    chosen = session_settings(settings, [model]).get(model, {})
+    session_keywords = {k: v for k, v in chosen.items() if k != "spinning"}
+    folder = write_repository(model, out, name, TritonOptions(
+        provider, max_batch, max_delay_us, instances, **session_keywords))
     say(console, f"wrote {folder}: start Triton with --model-repository={out.resolve()}")
+    if chosen.get("spinning") is False:
+        say(console, "note: --settings asks for idle onnxruntime threads not to spin; "
+                     "Triton's onnxruntime backend cannot be told so (its config has no "
+                     "such parameter)")
