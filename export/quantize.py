@@ -168,13 +168,32 @@ def _preprocessed(source: Path, target: Path) -> Path:
 
     for symbolic in (True, False):
         try:
-            with _quiet_quantizer():
-                quant_pre_process(str(source), str(target), skip_symbolic_shape=not symbolic)
+            # Its symbolic shape inference saves sym_shape_infer_temp.onnx and a uuid-named
+            # .data file into the working directory when it gives up: run it in target's.
+            with _quiet_quantizer(), contextlib.chdir(target.parent):
+                quant_pre_process(str(source.resolve()), str(target.resolve()),
+                                  skip_symbolic_shape=not symbolic)
+            _keep_signature(source, target)
             return target
         except Exception as e:  # onnxruntime raises plain Exception for incomplete inference
             reason = first_line(e)
     raise OnnxtwinError(f"int8 of {source.name}: expected quant_pre_process to prepare it, "
                         f"got: {reason}")
+
+
+def _keep_signature(source: Path, target: Path) -> None:
+    """Give the prepared model the source's graph inputs and outputs back: symbolic shape
+    inference renames a dynamic dim it derives (textcnn's output batch became
+    'Gemm_5_o0__d0'), and a deployment reads dims by name."""
+    original = onnx.load(str(source), load_external_data=False)
+    model = onnx.load(str(target))
+    for mine, theirs in ((model.graph.input, original.graph.input),
+                         (model.graph.output, original.graph.output)):
+        wanted = {v.name: v for v in theirs}
+        for value in mine:
+            if value.name in wanted:
+                value.CopyFrom(wanted[value.name])
+    onnx.save(model, str(target))
 
 
 def _without_value_info(path: Path) -> onnx.ModelProto:

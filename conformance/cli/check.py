@@ -112,14 +112,14 @@ def check(
              "samples, and every path's accuracy on the whole test set.")] = None,
     precision: Annotated[list[str] | None, typer.Option(
         help="Also make each file's fp16 / int8 copy (repeatable), gated as `export "
-             "--precision` does, and run it as a path (e.g. cnn.torch.int8.onnx@cpu) "
+             "--precision` does, and run it as a path of its own "
              "against the oracle within a fraction of the output scale (fp16 0.01, int8 0.5)."
              )] = None,
     calibration: Annotated[Path | None, typer.Option(
         help="An .npz of input samples for int8 static quantization without --trained.")
     ] = None,
     gate: Annotated[list[str] | None, typer.Option(
-        help="Override a reduced-precision gate limit, PRECISION.FIELD=VALUE (see export)."
+        help="Override a reduced-precision gate limit, e.g. int8.agreement=0.98 (see export)."
         )] = None,
 ) -> None:
     """Cross-check every path of every model; exit 0 if all pass, 1 if any fails, 2 on misuse.

@@ -109,9 +109,9 @@ def export(
         help="Also save onnxruntime's portable (extended) graph optimisations of each file "
              "beside it, as .opt.onnx for deployment, gated like the export.")] = False,
     precision: Annotated[list[str] | None, typer.Option(
-        help="fp32, fp16 or int8 (repeatable). fp16/int8 files are written beside the float32 "
-             "one as NAME.FRAMEWORK.fp16.onnx / .int8.onnx, each only if it passes the "
-             "accuracy gate against float32. Default: fp32.")] = None,
+        help="fp32, fp16 or int8 (repeatable). An fp16 or int8 file goes beside its float32 "
+             "file, with the precision in its name, only if it passes the accuracy gate against "
+             "float32. Default: fp32.")] = None,
     trained: Annotated[Path | None, typer.Option(
         help="Folder written by `onnxtwin train`: export its trained twins; reduced files "
              "are gated on the whole test set and int8 calibrates on training samples.")
@@ -120,7 +120,7 @@ def export(
         help="An .npz of input samples (batch axis first) for int8 static quantization of "
              "random-weight models (graphs with a Conv).")] = None,
     gate: Annotated[list[str] | None, typer.Option(
-        help="Override a reduced-precision limit, PRECISION.FIELD=VALUE (repeatable): "
+        help="Override a reduced-precision limit, e.g. int8.agreement=0.98 (repeatable): "
              "accuracy_drop (points; defaults fp16 0.1, int8 0.5), agreement (fp16 0.999, "
              "int8 0.99), relative_error (without labels only; fp16 0.005, int8 0.1).")
     ] = None,
@@ -181,8 +181,8 @@ def export(
     if reduced:
         console.print(result_table("reduced precision, gated against the float32 file",
                                    REDUCED_COLUMNS, [_reduced_row(r) for r in reduced]))
-        for r in reduced:
-            say(console, _reduced_lines(r))
+        for line in (line for r in reduced for line in _reduced_lines(r)):
+            say(console, line)
     count = sum(len(m["files"]) for m in document["models"]) * (2 if optimized else 1)
     say(console, f"wrote {out}/ ({count + len(reduced)} files, export.json)")
 
@@ -201,7 +201,7 @@ def _reduced_row(r: dict) -> list[str]:
             f"{g['samples']} samples"]
 
 
-def _reduced_lines(r: dict) -> str:
+def _reduced_lines(r: dict) -> list[str]:
     """How a reduced file was made, which ops run reduced and which stayed float32 (why),
     and where its error grows most."""
     ops = ", ".join(f"{op} x{n}" for op, n in r["reduced_ops"].items()) or "none"
@@ -216,4 +216,4 @@ def _reduced_lines(r: dict) -> str:
         worst = "; ".join(f"{t['tensor']!r} ({t['op']}, {t['layer']}) {t['error']:.2g}"
                           for t in r["divergence"])
         lines.append(f"  error grows most at: {worst}")
-    return "\n".join(lines)
+    return lines
