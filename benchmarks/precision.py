@@ -1,6 +1,6 @@
 """Benchmark: what fp16 and int8 files cost and give on the trained built-in models.
 
-    .venv/bin/python benchmarks/precision.py [--trained /tmp/trained] [--frameworks torch keras]
+    .venv/bin/python benchmarks/precision.py [--trained onnxtwin-trained] [--frameworks torch keras]
         [--out benchmarks/results/precision.json]
 
 For each trained built-in model (`onnxtwin train --out DIR` writes them) and each exported
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_TRAINED = Path("/tmp/trained")
+DEFAULT_TRAINED = Path("onnxtwin-trained")  # where `onnxtwin train` writes by default
 
 
 def accuracy(path: Path, gate) -> float:
