@@ -53,7 +53,7 @@ def divergence(source: Path, reduced: Path, inputs: Sequence[Arrays], worst: int
         pairs = _qdq_pairs(source, reduced, inputs)
     else:
         pairs = _named_pairs(model, onnx.load(str(reduced)), inputs)
-    errors = {name: _relative(full, low) for name, (full, low) in pairs.items()}
+    errors = {name: relative_error(full, low) for name, (full, low) in pairs.items()}
     found = []
     for node in model.graph.node:
         upstream = max((errors.get(i, 0.0) for i in node.input), default=0.0)
@@ -63,12 +63,18 @@ def divergence(source: Path, reduced: Path, inputs: Sequence[Arrays], worst: int
     return tuple(sorted(found, key=lambda t: -t.growth)[:worst])
 
 
-def _relative(full: np.ndarray, low: np.ndarray) -> float:
+def relative_error(full: np.ndarray, low: np.ndarray) -> float:
+    """max |full - low| over max finite |full| (1 if that is 0); equal values, infinities
+    included (a mask's -inf), differ by 0, and NaN or inf on one side only is inf."""
     full, low = np.asarray(full, np.float64), np.asarray(low, np.float64)
-    scale = float(np.abs(full).max(initial=0.0))
-    if full.shape != low.shape or not np.isfinite(low).all():
+    if full.shape != low.shape:
         return float("inf")
-    return float(np.abs(full - low).max(initial=0.0)) / (scale or 1.0)
+    with np.errstate(invalid="ignore"):
+        same = (full == low) | (np.isnan(full) & np.isnan(low))
+        diff = np.where(same, 0.0, np.abs(full - low))
+    diff[np.isnan(diff)] = np.inf
+    scale = float(np.abs(full[np.isfinite(full)]).max(initial=0.0)) or 1.0
+    return float(diff.max(initial=0.0)) / scale
 
 
 def _named_pairs(model: onnx.ModelProto, reduced: onnx.ModelProto, inputs: Sequence[Arrays]

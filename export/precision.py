@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from onnxtwin.export import metadata
-from onnxtwin.export.divergence import TensorError, divergence
+from onnxtwin.export.divergence import TensorError, divergence, relative_error
 from onnxtwin.export.float16 import FLOAT16_REL_TOLERANCE, convert_float16
 from onnxtwin.export.quantize import Calibration, int8_summary, quantize_int8
 from onnxtwin.export.signature import read_signature
@@ -247,7 +247,7 @@ def _outputs(session: Session, batches: tuple[Arrays, ...]) -> dict[str, np.ndar
 
 def _gate(full: dict[str, np.ndarray], low: dict[str, np.ndarray], data: GateData,
           limits: Limits) -> PrecisionGate:
-    relative = max(_relative(full[n], low[n]) for n in full)
+    relative = max(relative_error(full[n], low[n]) for n in full)
     first = next(iter(full))
     classes = full[first].ndim >= 2
     agreement = float(np.mean(full[first].argmax(-1) == low[first].argmax(-1))) \
@@ -258,14 +258,6 @@ def _gate(full: dict[str, np.ndarray], low: dict[str, np.ndarray], data: GateDat
         accuracy = float(np.mean(low[first].argmax(-1) == data.labels))
     return PrecisionGate(data.name, data.samples, accuracy_fp32, accuracy, agreement, relative,
                          limits)
-
-
-def _relative(full: np.ndarray, low: np.ndarray) -> float:
-    full, low = full.astype(np.float64), low.astype(np.float64)
-    if not np.isfinite(low).all():
-        return float("inf")
-    scale = float(np.abs(full).max(initial=0.0)) or 1.0
-    return float(np.abs(full - low).max(initial=0.0)) / scale
 
 
 def _score(source: Path, candidate: Path, calibration: Calibration) -> tuple[float, float]:

@@ -42,6 +42,7 @@ COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU
 INT8_OPS = frozenset({"DynamicQuantizeLSTM", "MatMulInteger", "ConvInteger", "QLinearConv",
                       "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
                       "QAttention", "QGemm"})
+INT8_TYPES = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8})
 KEPT_REASONS = {
     "GRU": "onnxruntime has no quantized GRU (onnxruntime issue #9796)",
     "RNN": "onnxruntime has no quantized RNN",
@@ -243,22 +244,26 @@ def int8_summary(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, str]
     (onnxruntime then runs it on int8); a DynamicQuantizeLSTM or MatMulInteger is int8.
     """
     graph = model.graph
-    weights = {i.name for i in graph.initializer}
+    weights = {i.name: i.data_type for i in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
     reduced: collections.Counter[str] = collections.Counter()
     kept: dict[str, str] = {}
     for node in graph.node:
         if node.op_type in INT8_OPS:
             reduced[node.op_type] += 1
+        elif node.op_type == "Gather":  # an embedding: a table among the weights
+            table = weights.get(node.input[0])
+            source = producers.get(node.input[0])
+            if table in INT8_TYPES or (source is not None
+                                       and source.op_type == "DequantizeLinear"):
+                reduced["Gather (int8 table)"] += 1
+            elif table == onnx.TensorProto.FLOAT:
+                kept["Gather"] = "onnxruntime's quantizer leaves this embedding float32"
         elif node.op_type in COMPUTE_OPS:
             sources = [producers.get(i) for i in node.input if i and i not in weights]
-            if node.op_type != "Gather" and sources and all(
-                    p is not None and p.op_type == "DequantizeLinear" for p in sources[:2]):
+            if sources and all(p is not None and p.op_type == "DequantizeLinear"
+                               for p in sources[:2]):
                 reduced[f"{node.op_type} (QDQ)"] += 1
-            elif node.op_type == "Gather":
-                data = producers.get(node.input[0])
-                if data is not None and data.op_type == "DequantizeLinear":
-                    reduced["Gather (int8 table)"] += 1
             else:
                 kept[node.op_type] = KEPT_REASONS.get(
                     node.op_type, "onnxruntime's quantizer leaves it float32")
@@ -267,5 +272,5 @@ def int8_summary(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, str]
     return dict(sorted(reduced.items())), dict(sorted(kept.items()))
 
 
-def _activation_matmuls(graph: onnx.GraphProto, weights: set[str]) -> bool:
-    return any(n.op_type == "MatMul" and not set(n.input) & weights for n in graph.node)
+def _activation_matmuls(graph: onnx.GraphProto, weights: dict[str, int]) -> bool:
+    return any(n.op_type == "MatMul" and not set(n.input) & weights.keys() for n in graph.node)

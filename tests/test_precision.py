@@ -29,10 +29,11 @@ from tests.cli_runner import onnxtwin
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, twins_of):
-    """Float32 exports (random weights) of the CNN (torch, keras), LSTM and GRU (torch)."""
+    """Float32 exports (random weights): CNN (torch, keras), LSTM, GRU (torch), Transformer
+    (keras: its padding mask fills with -1e9, beyond float16; torch's fills with -inf)."""
     out = tmp_path_factory.mktemp("precision")
     for name, framework in (("cnn", "torch"), ("cnn", "keras"), ("lstm", "torch"),
-                            ("gru", "torch")):
+                            ("gru", "torch"), ("transformer", "keras")):
         export_model(twins_of(name), framework, out)
     return out
 
@@ -160,6 +161,21 @@ def test_int8_of_a_gru_says_why_the_gru_stays_float32(files, twins_of, tmp_path)
     assert "GRU" in {n.op_type for n in onnx.load(str(result.path)).graph.node}
     assert result.kept_ops["GRU"] == "onnxruntime has no quantized GRU (onnxruntime issue #9796)"
     assert result.divergence and all(np.isfinite(t.error) for t in result.divergence)
+
+
+def test_the_transformer_keeps_its_attention_mask_and_scores_in_float32(files, twins_of,
+                                                                        tmp_path):
+    from onnxtwin.export.float16 import OVERFLOW
+
+    source, spec = files / "transformer.keras.onnx", twins_of("transformer").spec
+    half = reduce_precision(source, "fp16", gate_data(spec, None),
+                            target=tmp_path / "half.onnx")
+    assert half.kept_ops["Where"] == half.kept_ops["Softmax"] == OVERFLOW  # the mask's -1e9
+    assert all(np.isfinite(t.error) for t in half.divergence)
+    quarter = reduce_precision(source, "int8", gate_data(spec, None),
+                               target=tmp_path / "int8.onnx")
+    assert quarter.kept_ops["MatMul"].startswith("both inputs are activations")
+    assert quarter.reduced_ops["MatMulInteger"] >= 8  # q, k, v, out and two FFN per layer
 
 
 def overflowing_model() -> onnx.ModelProto:
