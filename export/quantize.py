@@ -69,7 +69,7 @@ class Calibration:
 @dataclass(frozen=True)
 class Int8Method:
     """How a file was quantized; for static, every calibration method's held-out figures
-    ({method: {"agreement", "relative_error"}}) and the one kept."""
+    ({method: {"agreement", "relative_error"}}, or {"failed": why}) and the one kept."""
 
     mode: str  # "static QDQ" or "dynamic"
     calibration: str | None = None
@@ -107,15 +107,22 @@ def quantize_int8(source: Path, target: Path, calibration: Calibration | None,
             raise OnnxtwinError(f"int8 of {source.name}: expected calibration samples for "
                                 "static quantization (its graph has a Conv): a trained model "
                                 "(--trained) or --calibration FILE.npz, got none")
-        compared, best = {}, None
+        compared, best, failure = {}, None, None
         for method in CALIBRATION_METHODS:
             candidate = Path(folder) / f"{method}.onnx"
-            _quantize_static(prepared, candidate, calibration, method, source)
+            try:
+                _quantize_static(prepared, candidate, calibration, method, source)
+            except OnnxtwinError as e:  # e.g. Entropy's histogram on constant samples
+                compared[method] = {"failed": str(e)}
+                failure = e
+                continue
             agreement, relative = score(candidate)
             compared[method] = {"agreement": agreement, "relative_error": relative}
             if best is None or (-agreement, relative) < (-compared[best]["agreement"],
                                                          compared[best]["relative_error"]):
                 best = method
+        if best is None:
+            raise failure
         shutil.move(Path(folder, f"{best}.onnx"), target)
     return Int8Method("static QDQ", best, compared)
 

@@ -208,7 +208,8 @@ def _reduced_lines(r: dict) -> list[str]:
     lines = [f"{r['path']}: {r['method']}; reduced: {ops}"]
     lines += [f"  float32 {op}: {why}" for op, why in r["kept_ops"].items()]
     if r["calibration"]:
-        scores = ", ".join(f"{m} {s['agreement']:.2%} / {s['relative_error']:.3g}"
+        scores = ", ".join(f"{m} failed" if "failed" in s else
+                           f"{m} {s['agreement']:.2%} / {s['relative_error']:.3g}"
                            for m, s in r["calibration"]["methods"].items())
         lines.append(f"  calibration on {r['calibration']['data']}; held-out agreement / "
                      f"error: {scores}")
