@@ -7,13 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from onnxtwin.builders import get_spec
+from onnxtwin.builders import get_spec, make_spec
 from onnxtwin.conformance.bench.run import (
     TUNING,
     BenchOptions,
     Contender,
+    choose_deploy,
+    deploy_settings,
     interleave,
     relative_to_fastest_native,
+    relative_to_float32_file,
     run_bench,
     startup_seconds,
     targets,
@@ -57,17 +60,74 @@ def test_a_path_that_disagrees_on_any_output_or_fails_is_not_timed():
                        "shape": "logits: shape (1, 10) vs (2, 10) (this path vs torch)"}
 
 
-def test_targets_are_ratios_of_the_best_medians():
+def test_targets_are_ratios_of_the_best_medians_and_the_headline_is_the_confirmed_one():
     timed = [{"name": "torch", "kind": "native", "p50_ms": 10.0},
              {"name": "keras", "kind": "native", "p50_ms": 8.0},
              {"name": "torch.onnx@cpu", "kind": "onnx", "p50_ms": 6.0},
              {"name": "torch.onnx@cpu tuned", "kind": "onnx", "p50_ms": 4.0},
              {"name": "keras.onnx@cpu tuned", "kind": "onnx", "p50_ms": 5.0}]
+    confirmed = {"contender": "torch.onnx@cpu tuned", "vs_fastest_native": 0.9}
     found = {t["target"]: (t["value"], t["met"])
-             for t in targets("cnn", 64, timed, flops=1e9, peak_gflops=400.0)}
-    assert found == {"onnx_cpu_vs_fastest_native": (0.5, True),
+             for t in targets("cnn", 64, timed, 1e9, 400.0, confirmed)}
+    assert found == {"onnx_cpu_vs_fastest_native": (0.9, False),  # not the exploration's 0.5
                      "keras_file_vs_torch_file": (1.25, False),
                      "cnn_fraction_of_matmul_peak": (0.625, True)}  # 1e9 / 4 ms = 250 GFLOP/s
+    assert "onnx_cpu_vs_fastest_native" not in {  # no confirmation, no headline
+        t["target"] for t in targets("cnn", 64, timed, 1e9, 400.0)}
+
+
+@pytest.mark.parametrize(("model", "batch", "expected"), [
+    ("lstm", 64, 0.5), ("transformer", 64, 0.5), ("lstm", 1, None), ("gru", 64, None)])
+def test_the_int8_target_is_the_better_tuned_file_against_its_own_float32_file(
+        model, batch, expected):
+    def onnx(name, ratio, precision="int8"):
+        return {"name": name, "kind": "onnx", "p50_ms": 1.0, "vs_float32_file": ratio,
+                "settings": {"precision": precision}}
+
+    timed = [{"name": "torch", "kind": "native", "p50_ms": 1.0},
+             onnx("torch.int8.onnx@cpu", 0.1),  # default settings: not the target's
+             onnx("torch.int8.onnx@cpu tuned", 0.7), onnx("keras.int8.onnx@cpu tuned", 0.5),
+             onnx("torch.fp16.onnx@cpu tuned", 0.2, "fp16"),
+             onnx("torch.int8.onnx@cuda tuned", 0.05)]
+    found = {t["target"]: t for t in targets(model, batch, timed, None, 1.0)}
+    if expected is None:
+        assert "int8_vs_float32_file" not in found
+    else:
+        assert found["int8_vs_float32_file"] == {
+            "target": "int8_vs_float32_file", "value": expected, "limit": 0.6, "met": True,
+            "contender": "keras.int8.onnx@cpu tuned"}
+
+
+def test_a_reduced_file_is_timed_against_its_float32_file_with_the_same_settings_kind():
+    def onnx(name, p50, precision):
+        return {"name": name, "kind": "onnx", "p50_ms": p50,
+                "settings": {"precision": precision}}
+
+    timed = [{"name": "torch", "kind": "native", "p50_ms": 9.0, "settings": {}},
+             onnx("torch.onnx@cpu", 4.0, "fp32"), onnx("torch.onnx@cpu tuned", 2.0, "fp32"),
+             onnx("torch.int8.onnx@cpu", 3.0, "int8"),
+             onnx("torch.int8.onnx@cpu tuned", 1.5, "int8"),
+             onnx("keras.fp16.onnx@cpu tuned", 1.0, "fp16")]  # its float32 file not timed
+    relative_to_float32_file(timed)
+    assert [r.get("vs_float32_file", "-") for r in timed] == ["-", "-", "-", 0.75, 0.75, None]
+
+
+def test_the_deploy_choice_has_the_lowest_geometric_mean_over_the_batches():
+    def batch(size, ratios, threads):
+        contenders = [{"name": "torch", "kind": "native", "vs_fastest_native": 1.0,
+                       "settings": {}}]
+        contenders += [{"name": n, "kind": "onnx", "vs_fastest_native": r, "settings": {
+            "optimization": "all", "threads": threads, "spinning": True, "file": f"m.{n[:5]}",
+            "precision": "fp32"}} for n, r in ratios.items()]
+        return {"batch": size, "contenders": contenders}
+
+    results = [batch(1, {"A@cpu": 0.5, "B@cpu tuned": 0.9, "C@cpu": 0.1, "D@cuda": 0.01}, 1),
+               batch(64, {"A@cpu": 2.0, "B@cpu tuned": 0.9, "D@cuda": 0.01}, 0)]
+    choice = choose_deploy(results)  # A: sqrt(0.5 x 2) = 1.0; C missed batch 64
+    assert choice["contender"] == "B@cpu tuned"
+    assert choice["exploration_geomean_vs_fastest_native"] == pytest.approx(0.9)
+    assert choice["settings"] == {"threads": 0, "optimization": "all", "spinning": True}
+    assert choose_deploy([batch(1, {"D@cuda": 0.5}, 0)]) is None
 
 
 @pytest.mark.parametrize(("model", "batch"), [("cnn", 1), ("lstm", 64)])
@@ -76,10 +136,12 @@ def test_targets_count_cpu_files_only_and_the_peak_only_for_the_cnn_at_batch_64(
              {"name": "keras", "kind": "native", "p50_ms": 8.0},
              {"name": "torch.onnx@cuda tuned", "kind": "onnx", "p50_ms": 1.0},  # not CPU
              {"name": "torch.onnx@cpu", "kind": "onnx", "p50_ms": 6.4},
+             {"name": "keras.int8.onnx@cpu", "kind": "onnx", "p50_ms": 1.0,  # not float32
+              "settings": {"precision": "int8"}},
              {"name": "keras.onnx@cpu tuned", "kind": "onnx", "p50_ms": 8.0}]
-    found = {t["target"]: (t["value"], t["limit"], t["met"])
-             for t in targets(model, batch, timed, flops=1e9, peak_gflops=400.0)}
-    assert found == {"onnx_cpu_vs_fastest_native": (0.8, 0.8, True),  # 6.4 / 8: at the limit
+    found = {t["target"]: (t["value"], t["limit"], t["met"]) for t in targets(
+        model, batch, timed, 1e9, 400.0, {"contender": "x", "vs_fastest_native": 0.8})}
+    assert found == {"onnx_cpu_vs_fastest_native": (0.8, 0.8, True),  # at the limit
                      "keras_file_vs_torch_file": (1.25, 1.15, False)}  # 8 / 6.4
 
 
@@ -92,7 +154,7 @@ def test_each_path_is_timed_relative_to_the_fastest_native_framework():
 
 def test_bench_times_every_path_of_the_cnn_and_checks_it_first(tmp_path):
     options = BenchOptions(batches=(3,), rounds=2, calls=2, compile_torch=False,
-                           startup=False)
+                           startup=False, precisions=())
     document = run_bench([get_spec("cnn")], tmp_path, options)
     assert [(m["name"], m["batch"]) for m in document["models"]] == [("cnn", 3)]
     for m in document["models"]:
@@ -103,8 +165,8 @@ def test_bench_times_every_path_of_the_cnn_and_checks_it_first(tmp_path):
                          "keras.opt.onnx@cpu tuned"]
         assert all(c["runs"] == 4 and c["max_abs_vs_torch"] <= 1e-5 for c in m["contenders"])
         tuned = [c["settings"] for c in m["contenders"] if c["name"].endswith("tuned")]
-        assert all(s in TUNING for s in ({k: v for k, v in t.items() if k != "file"}
-                                         for t in tuned))
+        assert all(s in TUNING for s in ({k: v for k, v in t.items()
+                                          if k not in ("file", "precision")} for t in tuned))
         assert m["flops"] == pytest.approx(m["batch"] * 2 * (
             26 * 26 * 32 * 9 + 11 * 11 * 64 * 288 + 3 * 3 * 64 * 576 + 576 * 64 + 64 * 10))
         # the documented limits; the CNN's peak target is for batch 64 only
@@ -114,6 +176,137 @@ def test_bench_times_every_path_of_the_cnn_and_checks_it_first(tmp_path):
         assert all(t["met"] == (t["value"] <= t["limit"]) for t in found.values())
     assert document["matmul_peak_gflops"] > 1.0
     assert document["summary"]["targets"] == sum(len(m["targets"]) for m in document["models"])
+    assert document["reduced"] == [] and set(document["deploy"]) == {"cnn"}
+
+
+def test_reduced_files_race_and_the_deploy_choice_is_confirmed_against_the_natives(tmp_path):
+    """A tiny LSTM (dynamic int8 needs no calibration): each fp16/int8 copy races with its own
+    tolerance and ratio to its float32 file; one exploration contender is confirmed."""
+    from onnxtwin.builders import build_twins, sample_inputs
+    from onnxtwin.export.float16 import FLOAT16_REL_TOLERANCE
+
+    spec = make_spec("rnn", "tinylstm", cell="lstm", hidden=[8], vocab=30, embed_dim=4)
+    options = BenchOptions(batches=(3,), seq=6, rounds=1, calls=1, compile_torch=False,
+                           startup=False)
+    document = run_bench([spec], tmp_path, options)
+    (m,) = document["models"]
+    assert m["skipped"] == {} and document["settings"]["precisions"] == ["fp16", "int8"]
+    by_name = {c["name"]: c for c in m["contenders"]}
+    twins = build_twins(spec)  # the same seed-0 weights: the tolerance's scale, independently
+    outputs = twins.torch.run(sample_inputs(spec, batch=3, seq=6, seed=0))
+    scale = max(1.0, max(float(np.abs(v).max()) for v in outputs.values()))
+    for fw in ("torch", "keras"):
+        for precision, relative in (("fp16", FLOAT16_REL_TOLERANCE), ("int8", 0.1)):
+            for kind in ("", " tuned"):
+                c = by_name[f"{fw}.{precision}.onnx@cpu{kind}"]
+                base = next(b for b in m["contenders"] if b["kind"] == "onnx" and
+                            b["settings"]["file"] == f"tinylstm.{fw}.onnx" and
+                            b["name"].endswith(" tuned") == bool(kind))
+                assert c["vs_float32_file"] == pytest.approx(c["p50_ms"] / base["p50_ms"])
+                assert c["settings"]["file"] == f"tinylstm.{fw}.{precision}.onnx"
+                assert c["tolerance"] == pytest.approx(relative * scale)
+                assert 1e-5 < c["max_abs_vs_torch"] <= c["tolerance"]  # really reduced
+            assert (tmp_path / f"tinylstm.{fw}.{precision}.onnx").exists()
+    assert [(r["file"], r["refused"], r["calibration"]) for r in document["reduced"]] == [
+        (f"tinylstm.{fw}.{p}.onnx", None, None) for fw in ("torch", "keras")
+        for p in ("fp16", "int8")]
+    deploy = document["deploy"]["tinylstm"]
+    chosen = by_name[deploy["contender"]]  # one of the exploration's, the fastest at batch 3
+    cpu = [c for c in m["contenders"] if "@cpu" in c["name"]]
+    assert chosen["vs_fastest_native"] == pytest.approx(min(c["vs_fastest_native"] for c in cpu))
+    assert deploy["exploration_geomean_vs_fastest_native"] == pytest.approx(
+        chosen["vs_fastest_native"])
+    assert deploy["settings"] == {k: chosen["settings"][k]
+                                  for k in ("threads", "optimization", "spinning")}
+    assert (deploy["file"], deploy["precision"]) == (chosen["settings"]["file"],
+                                                     chosen["settings"]["precision"])
+    (confirmed,) = deploy["confirmed"]
+    assert confirmed == m["confirmed"] and confirmed["batch"] == 3 and confirmed["runs"] == 1
+    assert confirmed["fastest_native"] in ("torch", "keras")
+    assert confirmed["vs_fastest_native"] == pytest.approx(
+        confirmed["p50_ms"] / confirmed["fastest_native_p50_ms"])
+    headline = next(t for t in m["targets"] if t["target"] == "onnx_cpu_vs_fastest_native")
+    assert headline["value"] == confirmed["vs_fastest_native"]
+    assert headline["contender"] == deploy["contender"]
+
+
+def _tiny_onnx(path):
+    """A hand-made [batch, 4] -> [batch, 2] MatMul: a model file for serve and deploy."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 2), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
+                                ir_version=10), str(path))
+    return path
+
+
+def test_deploy_json_round_trips_into_serve_sessions_and_triton_config(tmp_path):
+    from onnxtwin.conformance.cli.core import session
+    from onnxtwin.conformance.cli.runtime import session_settings
+
+    model = _tiny_onnx(tmp_path / "m.torch.int8.onnx")
+    chosen = {"threads": 1, "optimization": "extended", "spinning": False}
+    document = {"benchmark": "onnxtwin bench", "deploy": {"m": {
+        "contender": "torch.int8.onnx@cpu tuned", "file": model.name, "precision": "int8",
+        "provider": "cpu", "settings": chosen, "confirmed": [{"batch": 64,
+                                                              "vs_fastest_native": 0.5}]}}}
+    settings = tmp_path / "deploy.json"
+    settings.write_text(json.dumps(deploy_settings(document)))
+    assert session_settings(settings, [model]) == {model: chosen}
+    assert session_settings(None, [model]) == {}
+    options = session(model, "cpu", False, **chosen)._session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert str(options.graph_optimization_level).endswith("ORT_ENABLE_EXTENDED")
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    repo = tmp_path / "repo"
+    result = onnxtwin("deploy", str(model), "--out", str(repo), "--settings", str(settings),
+                      timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "cannot be told so" in result.stdout  # spinning: not expressible in Triton
+    text = (repo / "m_torch_int8" / "config.pbtxt").read_text()
+    assert 'key: "intra_op_thread_count"' in text and 'string_value: "1"' in text
+    assert "graph {\n    level: 1\n  }" in text
+
+
+@pytest.mark.parametrize(("command", "content", "message"), [
+    ("serve", None, "FileNotFoundError"),
+    ("serve", "not json", "JSONDecodeError"),
+    ("deploy", '{"models": {"m": {"file": "m.torch.onnx", "settings": {"threads": 1, '
+               '"optimization": "fast", "spinning": true}}}}', "got 'm.torch.onnx': {"),
+    ("serve", '{"models": {"m": {"file": "other.onnx", "settings": {"threads": 1, '
+              '"optimization": "all", "spinning": true}}}}',
+     "expected settings for ['m.torch.onnx'], got settings for ['other.onnx']"),
+])
+def test_a_bad_settings_file_is_a_one_line_error(tmp_path, command, content, message):
+    model = _tiny_onnx(tmp_path / "m.torch.onnx")
+    settings = tmp_path / "deploy.json"
+    if content is not None:
+        settings.write_text(content)
+    extra = ["--port", "0"] if command == "serve" else ["--out", str(tmp_path / "repo")]
+    result = onnxtwin(command, str(model), "--settings", str(settings), *extra, timeout=60)
+    assert result.returncode == 2 and f"--settings {settings}: expected" in result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.slow
+def test_int8_of_a_conv_graph_is_calibrated_on_random_inputs(tmp_path):
+    from onnxtwin.builders import build_twins
+    from onnxtwin.conformance.bench.run import reduced_files
+    from onnxtwin.export import export_model
+
+    spec = make_spec("cnn", "tinycnn", channels=[4, 4, 4], dense=8)
+    source = export_model(build_twins(spec), "torch", tmp_path).path
+    made, (record,) = reduced_files(source, spec, ("int8",), 50, lambda _: None)
+    assert made == {"torch.int8.onnx": tmp_path / "tinycnn.torch.int8.onnx"}
+    assert record["method"].startswith("static int8 QDQ") and record["refused"] is None
+    assert "calibrated on random inputs" in record["calibration"]
+    assert record["relative_error"] <= 0.1
 
 
 def test_run_and_serve_reach_their_first_inference_without_torch_or_tensorflow(tmp_path,
@@ -134,19 +327,29 @@ def test_run_and_serve_reach_their_first_inference_without_torch_or_tensorflow(t
 
 def test_bench_command_writes_json_markdown_and_html(tmp_path):
     result = onnxtwin("bench", "-m", "cnn", "--batch", "2", "--rounds", "1", "--calls", "1",
-                      "--no-compile", "--no-startup", "--out", str(tmp_path), timeout=300)
+                      "--no-compile", "--no-startup", "--precision", "fp32", "--out",
+                      str(tmp_path), timeout=300)
     assert result.returncode == 0, result.stderr
     document = json.loads((tmp_path / "bench.json").read_text())
     assert document["settings"]["batches"] == [2] and document["startup"] is None
-    assert "onnx_cpu_vs_fastest_native" in (tmp_path / "bench.md").read_text()
+    assert document["settings"]["precisions"] == [] and document["reduced"] == []
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "onnx_cpu_vs_fastest_native" in markdown and "## Deploy" in markdown
     assert "<svg" in (tmp_path / "bench.html").read_text()
     assert "targets met on" in result.stdout
+    chosen = document["deploy"]["cnn"]
+    assert json.loads((tmp_path / "deploy.json").read_text())["models"]["cnn"] == {
+        "file": chosen["file"], "precision": "fp32", "provider": "cpu",
+        "settings": chosen["settings"], "confirmed_vs_fastest_native": {
+            "2": chosen["confirmed"][0]["vs_fastest_native"]}}
+    assert (tmp_path / chosen["file"]).exists()
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--rounds", "0"], "expected --rounds, --calls, --seq and --batch >= 1, got 0"),
     (["--seq", "1000000000"], "seq: expected a number <= 65536, got 1000000000"),
     (["-m", "nope"], "unknown model 'nope'"),
+    (["--precision", "int4"], "precision: expected one of ['fp32', 'fp16', 'int8'], got 'int4'"),
 ])
 def test_bench_usage_errors_are_one_line(tmp_path, args, message):
     result = onnxtwin("bench", *args, "--out", str(tmp_path / "b"), timeout=60)

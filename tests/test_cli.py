@@ -32,12 +32,14 @@ COMMAND_OPTIONS = {
     "check": ["--model", "--provider", "--opset", "--json", "--tolerance", "--trained",
               "--precision", "--calibration", "--gate"],
     "train": ["--model", "--framework", "--epochs", "--data", "--limit", "--provider"],
-    "bench": ["--batch", "--seq", "--provider", "--rounds", "--calls", "--compile", "--startup"],
+    "bench": ["--batch", "--seq", "--provider", "--rounds", "--calls", "--compile", "--startup",
+              "--precision"],
     "providers": ["--help"],
     "run": ["--input", "--output", "--provider", "--strict", "--check-finite"],
     "serve": ["--provider", "--host", "--port", "--max-batch", "--max-delay-ms", "--max-queue",
-              "--max-request-mb"],
-    "deploy": ["--out", "--to", "--name", "--max-batch", "--max-delay-us", "--instances"],
+              "--max-request-mb", "--settings"],
+    "deploy": ["--out", "--to", "--name", "--max-batch", "--max-delay-us", "--instances",
+               "--settings"],
 }
 
 

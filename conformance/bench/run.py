@@ -22,9 +22,11 @@ interleaved against the natives again at each batch; the headline target
 - `models[i]["confirmed"]`: that batch's confirmation record (see `confirm`), or None;
 - `"deploy": {model: {"contender", "file", "precision", "provider", "settings": {"threads",
   "optimization", "spinning"}, "exploration_geomean_vs_fastest_native", "confirmed": [{"batch",
-  "p50_ms", "p90_ms", "runs", "max_abs_vs_torch", "fastest_native", "fastest_native_p50_ms",
-  "vs_fastest_native"}]}}`; OUT/deploy.json (`deploy_settings`) is its settings part, read by
-  `onnxtwin serve --settings` and `onnxtwin deploy --settings`;
+  "contender", "p50_ms", "p90_ms", "runs", "max_abs_vs_torch", "fastest_native",
+  "fastest_native_p50_ms", "vs_fastest_native"}]}}`; OUT/deploy.json (`deploy_settings`:
+  {"benchmark", "models": {model: {"file", "precision", "provider", "settings",
+  "confirmed_vs_fastest_native": {batch: ratio}}}}) is read by `onnxtwin serve --settings`
+  and `onnxtwin deploy --settings`;
 - `"reduced": [{"model", "source", "file", "precision", "method", "relative_error",
   "agreement", "calibration", "refused"}]`: how each reduced file was made, or why not.
 """

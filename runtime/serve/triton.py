@@ -24,9 +24,14 @@ from onnxtwin.runtime.session import Session, TensorInfo
 KINDS = {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}
 INT32_MAX = 2**31 - 1  # Triton's max_batch_size and instance count are int32 fields
 LIMITS = {"max_batch": (0, INT32_MAX), "max_delay_us": (0, 60_000_000),
-          "instances": (1, 1024), "version": (1, INT32_MAX)}
+          "instances": (1, 1024), "version": (1, INT32_MAX), "threads": (0, 1024)}
 """Bounds of the numeric options: what the protobuf fields hold, a minute of queue delay
 (longer is a mistake, not a setting), and instances (each a session) a machine can hold."""
+GRAPH_LEVELS = {"basic": -1, "extended": 1, "disable": 2, "all": None}
+"""runtime.Session's optimisation levels as Triton's onnxruntime backend reads
+optimization.graph.level (its src/onnxruntime.cc): -1 basic, 1 extended, 2 none; absent:
+all. Neither `spinning` (session.intra_op.allow_spinning) nor the CPU fusions a Session leaves
+out (runtime.session.CPU_SLOW_FUSIONS) can be set through that backend's config."""
 
 
 @dataclass(frozen=True)
@@ -38,11 +43,16 @@ class TritonOptions:
     max_delay_us: int = 0  # dynamic_batching's max_queue_delay_microseconds
     instances: int = 1  # model instances (each an onnxruntime session)
     version: int = 1
+    threads: int = 0  # onnxruntime intra-op threads (0: one per core): intra_op_thread_count
+    optimization: str = "all"  # onnxruntime graph optimisation level (GRAPH_LEVELS)
 
     def __post_init__(self) -> None:
         if self.provider not in KINDS:
             raise OnnxtwinError(f"provider: expected one of {list(KINDS)}, got "
                                 f"{self.provider!r}")
+        if self.optimization not in GRAPH_LEVELS:
+            raise OnnxtwinError(f"optimization: expected one of {list(GRAPH_LEVELS)}, got "
+                                f"{self.optimization!r}")
         for name, (low, high) in LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -68,6 +78,10 @@ def model_config(name: str, session: Session, options: TritonOptions) -> Any:
         config.dynamic_batching.max_queue_delay_microseconds = options.max_delay_us
     config.instance_group.append(pb.ModelInstanceGroup(
         count=options.instances, kind=pb.ModelInstanceGroup.Kind.Value(KINDS[options.provider])))
+    if options.threads:  # the backend's default (0) is onnxruntime's: one per core
+        config.parameters["intra_op_thread_count"].string_value = str(options.threads)
+    if (level := GRAPH_LEVELS[options.optimization]) is not None:
+        config.optimization.graph.level = level
     return config
 
 
