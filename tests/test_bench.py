@@ -118,12 +118,15 @@ def test_the_deploy_choice_has_the_lowest_geometric_mean_over_the_batches():
                        "settings": {}}]
         contenders += [{"name": n, "kind": "onnx", "vs_fastest_native": r, "settings": {
             "optimization": "all", "threads": threads, "spinning": True, "file": f"m.{n[:5]}",
-            "precision": "fp32"}} for n, r in ratios.items()]
+            "precision": "int8" if n.startswith("E") else "fp32"}} for n, r in ratios.items()]
         return {"batch": size, "contenders": contenders}
 
-    results = [batch(1, {"A@cpu": 0.5, "B@cpu tuned": 0.9, "C@cpu": 0.1, "D@cuda": 0.01}, 1),
-               batch(64, {"A@cpu": 2.0, "B@cpu tuned": 0.9, "D@cuda": 0.01}, 0)]
-    choice = choose_deploy(results)  # A: sqrt(0.5 x 2) = 1.0; C missed batch 64
+    results = [batch(1, {"A@cpu": 0.5, "B@cpu tuned": 0.9, "C@cpu": 0.1, "D@cuda": 0.01,
+                         "E.int8@cpu": 0.2}, 1),
+               batch(64, {"A@cpu": 2.0, "B@cpu tuned": 0.9, "D@cuda": 0.01, "E.int8@cpu": 0.2},
+                     0)]
+    # A: sqrt(0.5 x 2) = 1.0; C missed batch 64; E is int8, gated on random weights only
+    choice = choose_deploy(results)
     assert choice["contender"] == "B@cpu tuned"
     assert choice["exploration_geomean_vs_fastest_native"] == pytest.approx(0.9)
     assert choice["settings"] == {"threads": 0, "optimization": "all", "spinning": True}

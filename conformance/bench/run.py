@@ -382,9 +382,12 @@ def choose_deploy(results: list[dict]) -> dict | None:
     each batch: the lowest geometric mean of vs_fastest_native over the batches (only those
     timed at every batch compete). A tuned contender's settings can differ per batch: the
     choice fixes those of the largest batch (where serving's batching runs), and the
-    confirmation pass then measures them at every batch. None if nothing qualifies."""
+    confirmation pass then measures them at every batch. Float32 files only: the bench's
+    reduced files are judged on random weights, and a reduced file is deployable once
+    `export --trained` has gated it on real data. None if nothing qualifies."""
     scores = {}
-    for name in (c["name"] for c in results[0]["contenders"] if _on_cpu(c)):
+    for name in (c["name"] for c in results[0]["contenders"]
+                 if _on_cpu(c) and c["settings"].get("precision", "fp32") == "fp32"):
         ratios = [next((c["vs_fastest_native"] for c in r["contenders"] if c["name"] == name),
                        None) for r in results]
         if None not in ratios:
