@@ -13,7 +13,7 @@ from onnxtwin.builders.datasets import Dataset
 from onnxtwin.conformance.tolerances import REDUCED
 from onnxtwin.export import ExportResult
 from onnxtwin.export.batch import reduce_file
-from onnxtwin.export.precision import ReducedResult
+from onnxtwin.export.precision import GateRefused, ReducedResult
 from onnxtwin.runtime import Session
 from onnxtwin.runtime.comparison import Case, Comparisons, compare_paths
 from onnxtwin.runtime.paths import ModelPath, OnnxPath
@@ -21,29 +21,37 @@ from onnxtwin.runtime.paths import ModelPath, OnnxPath
 
 @dataclass(frozen=True)
 class ReducedPaths:
-    """The accepted reduced files and their paths' comparisons with the oracle."""
+    """The accepted reduced files, the refusals (each the gate's one line), and the
+    accepted files' paths compared with the oracle. A refusal fails the check."""
 
     files: tuple[ReducedResult, ...]
+    refused: tuple[str, ...]
     comparisons: Comparisons
 
     @property
     def passed(self) -> bool:
-        return self.comparisons.passed
+        return self.comparisons.passed and not self.refused
 
     def to_dict(self) -> dict:
         return {"tolerances": REDUCED, "files": [f.to_dict() for f in self.files],
+                "refused": list(self.refused),
                 "comparisons": [c.to_dict() for c in self.comparisons.checks]}
 
 
 def run_reduced(spec, exports: Iterable[ExportResult], precisions: tuple[str, ...],
                 providers: list[str], oracle: ModelPath, cases: Callable[[], Iterable[Case]],
                 data: Dataset | None, options, on_step: Callable[[str], None]) -> ReducedPaths:
-    """Make each export's reduced files (refused ones raise), then compare every reduced
-    file on every provider with the oracle on `cases()`, one tolerance per precision."""
-    files = []
-    for export in exports:
-        files += reduce_file(export.path, precisions, spec, data, options.calibration,
-                             options.limits, on_step, options.seed)
+    """Make each export's reduced files (a refused one is recorded, and the check goes on),
+    then compare every accepted file on every provider with the oracle on `cases()`, one
+    tolerance per precision. A usage error (int8 of a Conv graph without calibration
+    samples) still ends the check."""
+    files, refused = [], []
+    for export, precision in itertools.product(exports, precisions):
+        try:
+            files += reduce_file(export.path, (precision,), spec, data, options.calibration,
+                                 options.limits, on_step, options.seed)
+        except GateRefused as e:
+            refused.append(str(e))
     checks = []
     for precision in precisions:
         paths = [OnnxPath(Session(f.path, alias, strict=True),
@@ -53,7 +61,7 @@ def run_reduced(spec, exports: Iterable[ExportResult], precisions: tuple[str, ..
         on_step(f"{spec.name}: running {len(paths)} {precision} paths")
         checks += compare_paths(paths, oracle, cases(), REDUCED[precision], pairs="reference",
                                 scaled=True).checks
-    return ReducedPaths(tuple(files), Comparisons(oracle.name, tuple(checks)))
+    return ReducedPaths(tuple(files), tuple(refused), Comparisons(oracle.name, tuple(checks)))
 
 
 def _framework(name: str) -> str:

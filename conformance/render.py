@@ -82,7 +82,8 @@ REDUCED_COLUMNS = ["file", "provider", "test accuracy", "vs fp32 (points)", "agr
 
 def reduced_rows(document: dict) -> list[list[str]]:
     """One row per reduced file and provider (check --precision): its gate against float32
-    and its worst error against the oracle, both relative to the outputs' scale."""
+    and its worst error against the oracle over the scale the tolerance uses,
+    max(1, max |oracle|)."""
     rows = []
     for m in document["models"]:
         if not (r := m["reduced"]):
@@ -93,8 +94,9 @@ def reduced_rows(document: dict) -> list[list[str]]:
                                           for c in r["comparisons"]
                                           if c["actual"].startswith(f["path"] + "@")):
                 own = [c for c in r["comparisons"] if c["actual"] == f"{f['path']}@{provider}"]
-                worst = max((c["max_rel"] if c["max_rel"] is not None else np.inf)
-                            for c in own)
+                fraction = r["tolerances"][f["precision"]]  # tolerance = fraction x scale
+                worst = max((c["max_abs"] * fraction / c["tolerance"]
+                             if c["max_abs"] is not None else np.inf) for c in own)
                 rows.append([f["path"], provider,
                              "-" if g["accuracy"] is None else f"{g['accuracy']:.2%}",
                              "-" if g["drop_points"] is None else f"{-g['drop_points']:+.2f}",
@@ -122,8 +124,10 @@ def failures(document: dict, limit: int = 20) -> list[str]:
     """Failed comparisons, worst first, and where the twins part ways, as text lines."""
     lines = []
     for m in document["models"]:
-        reduced = (m["reduced"] or {"comparisons": []})["comparisons"]
-        failed = sorted((c for c in [*m["comparisons"], *reduced] if not c["passed"]),
+        reduced = m["reduced"] or {"comparisons": [], "refused": []}
+        lines += [f"{m['name']}: {refusal}" for refusal in reduced["refused"]]
+        failed = sorted((c for c in [*m["comparisons"], *reduced["comparisons"]]
+                         if not c["passed"]),
                         key=lambda c: -(c["max_abs"] if c["max_abs"] is not None else 1e300))
         for c in failed[:limit]:
             lines.append(f"{m['name']}: {c['actual']} vs {c['expected']} at {_shape(c, m)}: "

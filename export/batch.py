@@ -15,8 +15,7 @@ from pathlib import Path
 
 from onnxtwin.builders import ModelSpec, build_twins, grids
 from onnxtwin.export.exporter import DEFAULT_OPSET, check_request, export_model, graph_differences
-from onnxtwin.export.precision import REDUCED, Limits, check_precision
-from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.export.precision import REDUCED, Limits, check_precision, reduced_options
 from onnxtwin.runtime.files import folder_lock, inside, temporary_name, write_json
 
 
@@ -48,9 +47,7 @@ def export_all(specs: Sequence[ModelSpec], frameworks: Sequence[str], out: str |
     for precision in precisions:
         check_precision(precision)
     reduced = [p for p in dict.fromkeys(precisions) if p in REDUCED]
-    if calibration is not None and "int8" not in reduced:
-        raise OnnxtwinError(f"--calibration {calibration}: expected --precision int8 to use it, "
-                            f"got precisions {list(precisions)}")
+    reduced_options(reduced, calibration, None)
     out = Path(out)
     models = []
     with folder_lock(out):

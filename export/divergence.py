@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 
 from onnxtwin.export.graphs import mark_all_outputs, origin
+from onnxtwin.export.quantize import batch_reader
+from onnxtwin.runtime.metrics import json_ready
 from onnxtwin.runtime.session import Session
 
 Arrays = dict[str, np.ndarray]
@@ -39,7 +41,7 @@ class TensorError:
     growth: float
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return json_ready(asdict(self))
 
     def describe(self) -> str:
         return f"{self.tensor!r} ({self.op}, {self.layer}): {self.error:.2g} of its scale"
@@ -58,9 +60,17 @@ def divergence(source: Path, reduced: Path, inputs: Sequence[Arrays], worst: int
     for node in model.graph.node:
         upstream = max((errors.get(i, 0.0) for i in node.input), default=0.0)
         layer = origin(node) or node.name or "?"
-        found += [TensorError(o, node.op_type, layer, errors[o], errors[o] - upstream)
+        found += [TensorError(o, node.op_type, layer, errors[o], _growth(errors[o], upstream))
                   for o in node.output if o in errors]
     return tuple(sorted(found, key=lambda t: -t.growth)[:worst])
+
+
+def _growth(error: float, upstream: float) -> float:
+    """What a node adds: a non-finite error appearing here is infinite growth, one inherited
+    from upstream none."""
+    if not np.isfinite(upstream):
+        return 0.0
+    return error - upstream
 
 
 def relative_error(full: np.ndarray, low: np.ndarray) -> float:
@@ -97,26 +107,19 @@ def _all_outputs(model: onnx.ModelProto, inputs: Sequence[Arrays]) -> dict[str, 
 def _qdq_pairs(source: Path, reduced: Path, inputs: Sequence[Arrays]
                ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(float32, dequantized) per tensor, as qdq_loss_debug matches them."""
-    from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         create_activation_matching,
         modify_model_output_intermediate_tensors,
     )
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.sets = iter(inputs)
-
-        def get_next(self) -> Arrays | None:
-            return next(self.sets, None)
-
     with tempfile.TemporaryDirectory(prefix="onnxtwin-qdq-debug-") as folder:
         full, low = Path(folder, "float.onnx"), Path(folder, "qdq.onnx")
         modify_model_output_intermediate_tensors(str(source), str(full))
         modify_model_output_intermediate_tensors(str(reduced), str(low))
-        matching = create_activation_matching(collect_activations(str(low), Reader()),
-                                              collect_activations(str(full), Reader()))
+        matching = create_activation_matching(
+            collect_activations(str(low), batch_reader(inputs)),
+            collect_activations(str(full), batch_reader(inputs)))
     return {name: (np.concatenate([a.ravel() for a in m["float"]]),
                    np.concatenate([a.ravel() for a in m["post_qdq"]]))
             for name, m in matching.items() if m.get("float") and m.get("post_qdq")}

@@ -99,7 +99,8 @@ def _without_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
     value kept in float32 because it overflows float16 still passes through float16 between
     two blocked nodes (inf); and a blocked node that reads one input twice (x * x) gets two
     identical Casts writing one value, which onnxruntime refuses. Here each consumer of
-    such a pair reads the float32 value directly, and duplicate nodes are dropped.
+    such a pair of the converter's Casts reads the float32 value directly, and duplicate
+    nodes are dropped.
     """
     graph = model.graph
     nodes = list(graph.node)
@@ -114,11 +115,16 @@ def _without_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
         return next((a.i for a in node.attribute if a.name == "to"), None) \
             if node.op_type == "Cast" else None
 
+    def made(node: onnx.NodeProto, suffixes: tuple[str, ...]) -> bool:
+        """A Cast the converter inserted (not one of the model's own, which may read ints)."""
+        return node.name.endswith(suffixes) or node.name.startswith("graph_input_cast")
+
     rename, dropped = {}, set()
     for back in nodes:
         front = producer.get(back.input[0]) if cast_to(back) == onnx.TensorProto.FLOAT else None
         if front is not None and cast_to(front) == onnx.TensorProto.FLOAT16 and \
-                back.output[0] not in outputs:
+                made(back, ("_cast_to_fp32_node",)) and made(front, ("_cast_to_fp16_node",)) \
+                and back.output[0] not in outputs:
             rename[back.output[0]] = front.input[0]
             dropped.add(id(back))
     seen, kept = set(), []

@@ -19,7 +19,7 @@ import io
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from onnxtwin.export.graphs import node_ops
-from onnxtwin.runtime.errors import OnnxtwinError, first_line
+from onnxtwin.runtime.errors import OnnxtwinError, failures, first_line
 
 Arrays = dict[str, np.ndarray]
 CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
@@ -99,7 +99,8 @@ def quantize_int8(source: Path, target: Path, calibration: Calibration | None,
     with tempfile.TemporaryDirectory(prefix="onnxtwin-int8-") as folder:
         prepared = _preprocessed(source, Path(folder) / "prepared.onnx")
         if not needs_calibration(onnx.load(str(prepared))):
-            with _quiet_quantizer(), _failures("quantize_dynamic", source):
+            expected = f"int8 of {source.name}: expected quantize_dynamic to quantize it"
+            with _quiet_quantizer(), failures(expected):
                 quantize_dynamic(_without_value_info(prepared), str(target),
                                  weight_type=QuantType.QInt8)
             return Int8Method("dynamic")
@@ -133,7 +134,8 @@ def _quantize_static(prepared: Path, target: Path, calibration: Calibration, met
 
     folder = target.parent
     ranges = folder / f"{method}.ranges.json"
-    with _quiet_quantizer(), _failures(f"quantize_static ({method})", source):
+    expected = f"int8 of {source.name}: expected quantize_static ({method}) to quantize it"
+    with _quiet_quantizer(), failures(expected):
         _calibrate(prepared, calibration, getattr(CalibrationMethod, method), ranges)
         quantize_static(str(prepared), str(target), None, quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QInt8,
@@ -151,22 +153,30 @@ def _calibrate(prepared: Path, calibration: Calibration, method, ranges: Path) -
     bins, so its threshold search has one candidate, the full range: Entropy gave scales
     identical to MinMax's. Calibrating here with TensorRT's 2048 bins restores the search.
     """
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
+    from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(calibration.batches)
-
-        def get_next(self) -> Arrays | None:
-            return next(self.batches, None)
 
     options = {} if method == CalibrationMethod.MinMax else {"num_bins": HISTOGRAM_BINS}
     calibrator = create_calibrator(prepared, augmented_model_path=str(
         ranges.with_suffix(".augmented.onnx")), calibrate_method=method,
         extra_options=options)
-    calibrator.collect_data(Reader())
+    calibrator.collect_data(batch_reader(calibration.batches))
     save_tensors_data(calibrator.compute_data(), ranges)
+
+
+def batch_reader(batches: Sequence[Arrays]):
+    """onnxruntime's CalibrationDataReader over `batches` (its calibrators and
+    qdq_loss_debug read input sets through one)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.sets = iter(batches)
+
+        def get_next(self) -> Arrays | None:
+            return next(self.sets, None)
+
+    return Reader()
 
 
 def _preprocessed(source: Path, target: Path) -> Path:
@@ -215,18 +225,6 @@ def _without_value_info(path: Path) -> onnx.ModelProto:
     model = onnx.load(str(path))
     del model.graph.value_info[:]
     return model
-
-
-@contextlib.contextmanager
-def _failures(step: str, source: Path) -> Iterator[None]:
-    """A quantizer's exception as one line naming the step and the file."""
-    try:
-        yield
-    except OnnxtwinError:
-        raise
-    except Exception as e:  # the quantizers raise plain exceptions of many kinds
-        raise OnnxtwinError(f"int8 of {source.name}: expected {step} to quantize it, got "
-                            f"{type(e).__name__}: {first_line(e)}") from None
 
 
 @contextlib.contextmanager

@@ -5,7 +5,9 @@ It lives in the runtime, the package every other one may import, because the
 runtime must stay free of torch and TensorFlow and still share the error type.
 """
 
+import contextlib
 import re
+from collections.abc import Iterator
 
 
 class OnnxtwinError(Exception):
@@ -39,3 +41,17 @@ def cause(error: BaseException, limit: int = 400) -> str:
     if len(lines) > 1 and (text.startswith(_WRAPPERS) or text.endswith(":")):
         text = f"{text} {lines[1]}"
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def failures(expected: str) -> Iterator[None]:
+    """A library's exception raised in the block as one line: "`expected`, got TYPE: the
+    first line of its message" (OnnxtwinError passes through). For the tools that raise
+    plain exceptions of many kinds (onnxruntime's quantizer and float16 converter)."""
+    try:
+        yield
+    except OnnxtwinError:
+        raise
+    except Exception as e:  # any library failure: its type and the line that says why
+        raise OnnxtwinError(f"{expected}, got {type(e).__name__}: {first_line(e)}") from None
+

@@ -21,7 +21,7 @@ from onnxtwin.conformance.cli.core import (
     selected_specs,
 )
 from onnxtwin.runtime.errors import OnnxtwinError
-from onnxtwin.runtime.files import existing_file, folder_lock, inside
+from onnxtwin.runtime.files import folder_lock, inside
 
 
 def _progress(shown):
@@ -136,17 +136,15 @@ def check(
     from onnxtwin.conformance.orchestrator import CheckOptions
     from onnxtwin.conformance.tolerances import load_tolerances
     from onnxtwin.export import FRAMEWORKS, check_request
-    from onnxtwin.export.precision import REDUCED, check_precision, limits_with
+    from onnxtwin.export.precision import REDUCED, check_precision, limits_with, reduced_options
 
     for framework in FRAMEWORKS:
         check_request(framework, opset)
     precisions = tuple(dict.fromkeys(check_precision(p) for p in precision or ()))
-    if "fp32" in precisions or (calibration is not None and "int8" not in precisions):
-        raise OnnxtwinError(f"--precision: expected {list(REDUCED)} (float32 always runs) and "
-                            f"int8 with --calibration, got {list(precisions)}"
-                            + (f" and --calibration {calibration}" if calibration else ""))
-    if calibration is not None:
-        existing_file(calibration, "an .npz of input samples")
+    if "fp32" in precisions:
+        raise OnnxtwinError(f"--precision: expected {list(REDUCED)} (float32 always runs), "
+                            f"got {list(precisions)}")
+    reduced_options(precisions, calibration, gate)
     selected = selected_specs(model, spec)
     tolerances = load_tolerances(spec)
     if tolerance is not None:

@@ -23,7 +23,6 @@ from onnxtwin.conformance.cli.core import (
     status_line,
 )
 from onnxtwin.runtime.errors import OnnxtwinError
-from onnxtwin.runtime.files import existing_file
 
 PANEL = "Models"
 
@@ -138,15 +137,14 @@ def export(
     scale on the matrix inputs. A refusal writes nothing (exit 2, the figures in one line).
     """
     from onnxtwin.export import FRAMEWORKS, check_request
-    from onnxtwin.export.precision import check_precision, limits_with
+    from onnxtwin.export.precision import check_precision, limits_with, reduced_options
 
     frameworks = FRAMEWORKS if framework is Frameworks.both else (framework.value,)
     for fw in frameworks:
         check_request(fw, opset)
     precisions = [check_precision(p) for p in precision or ["fp32"]]
     limits = limits_with(gate or [])
-    if calibration is not None:
-        existing_file(calibration, "an .npz of input samples")
+    reduced_options(precisions, calibration, gate)
     if trained is not None and not trained.is_dir():
         raise OnnxtwinError(f"--trained: expected a folder written by `onnxtwin train`, got "
                             f"{trained}")
