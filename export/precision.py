@@ -64,6 +64,21 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def reduced_options(precisions, calibration: Path | None, gate: list[str] | None) -> None:
+    """Refuse, before any work, --calibration without int8 and --gate without a reduced
+    precision: either would otherwise be ignored without a word."""
+    from onnxtwin.runtime.files import existing_file
+
+    if calibration is not None:
+        if "int8" not in precisions:
+            raise OnnxtwinError(f"--calibration {calibration}: expected --precision int8 to use "
+                                f"it, got precisions {list(precisions)}")
+        existing_file(Path(calibration), "an .npz of input samples")
+    if gate and not set(precisions) & set(REDUCED):
+        raise OnnxtwinError(f"--gate {gate[0]}: expected --precision fp16 or int8 to gate, got "
+                            f"precisions {list(precisions)}")
+
+
 def limits_with(overrides: list[str] | tuple[str, ...]) -> dict[str, Limits]:
     """LIMITS with overrides written PRECISION.FIELD=VALUE, e.g. int8.agreement=0.98."""
     limits = dict(LIMITS)

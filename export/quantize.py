@@ -184,13 +184,13 @@ def _preprocessed(source: Path, target: Path) -> Path:
     infer every shape (the Transformers' attention reshapes), with onnx's alone."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    paths = str(source.resolve()), str(target.resolve())  # before the working folder moves
     for symbolic in (True, False):
         try:
             # Its symbolic shape inference saves sym_shape_infer_temp.onnx and a uuid-named
             # .data file into the working directory when it gives up: run it in target's.
             with _quiet_quantizer(), contextlib.chdir(target.parent):
-                quant_pre_process(str(source.resolve()), str(target.resolve()),
-                                  skip_symbolic_shape=not symbolic)
+                quant_pre_process(*paths, skip_symbolic_shape=not symbolic)
             _keep_signature(source, target)
             return target
         except Exception as e:  # onnxruntime raises plain Exception for incomplete inference

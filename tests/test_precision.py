@@ -8,6 +8,7 @@ gate's code.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -159,8 +160,9 @@ def test_a_reduced_file_accepts_what_its_float32_file_accepts(files, twins_of, t
     assert messages[0] == messages[1]
 
 
-def test_int8_of_a_gru_says_why_the_gru_stays_float32(files, twins_of, tmp_path):
-    result = reduce_precision(files / "gru.torch.onnx", "int8",
+def test_int8_of_a_gru_says_why_the_gru_stays_float32(files, twins_of, tmp_path, monkeypatch):
+    monkeypatch.chdir(files)  # a relative path, as `--out out/` gives
+    result = reduce_precision(Path("gru.torch.onnx"), "int8",
                               gate_data(twins_of("gru").spec, None),
                               target=tmp_path / "gru.int8.onnx")
     assert "GRU" in {n.op_type for n in onnx.load(str(result.path)).graph.node}
@@ -304,6 +306,8 @@ def test_serve_and_deploy_take_a_reduced_file(trained_cnn, tmp_path):
      "--gate: expected PRECISION.FIELD=VALUE with PRECISION in ['fp16', 'int8'], FIELD in "
      "['accuracy_drop', 'agreement', 'relative_error'] and a finite value >= 0 (agreement <= 1),"
      " got 'int8.agreement=1.5'"),
+    (["--gate", "int8.agreement=0.9"], "--gate int8.agreement=0.9: expected --precision fp16 "
+                                        "or int8 to gate, got precisions ['fp32']"),
     (["--precision", "int8"], "int8 of cnn.torch.onnx: expected calibration samples for static "
                               "quantization (its graph has a Conv): a trained model (--trained)"
                               " or --calibration FILE.npz, got none"),
