@@ -16,7 +16,7 @@ from pathlib import Path
 from onnxtwin.builders import ModelSpec, build_twins, grids
 from onnxtwin.export.exporter import DEFAULT_OPSET, check_request, export_model, graph_differences
 from onnxtwin.export.precision import REDUCED, Limits, check_precision, reduced_options
-from onnxtwin.runtime.files import folder_lock, inside, temporary_name, write_json
+from onnxtwin.runtime.files import folder_lock, inside, staging_folder, write_json
 
 
 def export_all(specs: Sequence[ModelSpec], frameworks: Sequence[str], out: str | Path, *,
@@ -51,7 +51,7 @@ def export_all(specs: Sequence[ModelSpec], frameworks: Sequence[str], out: str |
     out = Path(out)
     models = []
     with folder_lock(out):
-        staging = out / temporary_name("staging")
+        staging = staging_folder(out)
         try:
             for spec in specs:
                 models.append(_export_spec(spec, frameworks, staging, opset, seed, use_cache,

@@ -18,6 +18,7 @@ from pathlib import Path
 from onnxtwin.runtime.errors import OnnxtwinError
 
 TEMPORARY_PREFIX = ".onnxtwin-tmp-"
+STAGING = "staging"
 _TEMPORARY = re.compile(re.escape(TEMPORARY_PREFIX) + r"([0-9]{1,10})-[0-9a-f]{8}-.+", re.DOTALL)
 
 
@@ -109,16 +110,36 @@ def folder_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
                 shutil.rmtree(folder)  # failed before writing anything: leave no trace
 
 
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete the temporary files in `folder` whose writing process no longer runs.
+def staging_folder(folder: Path) -> Path:
+    """A folder inside `folder` to write a batch of files into before moving them in (see
+    remove_stale_temporaries for what happens to it when its writer is killed)."""
+    return folder / temporary_name(STAGING)
 
-    Only regular files whose whole name is one `temporary_name` makes: a user's file that
-    merely looks alike, a folder or a symbolic link is never touched.
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the temporary files in `folder` whose writing process no longer runs, and the
+    staging folders (`staging_folder`) of such processes.
+
+    Only entries whose whole name is one `temporary_name` makes: regular files, and real
+    folders named for staging; a user's file that merely looks alike, any other folder or a
+    symbolic link is never touched.
     """
     for entry in folder.glob(TEMPORARY_PREFIX + "*"):
         match = _TEMPORARY.fullmatch(entry.name)
-        if match and _is_regular(entry) and not _running(int(match[1])):
+        if not match or _running(int(match[1])):
+            continue
+        if _is_regular(entry):
             entry.unlink(missing_ok=True)
+        elif entry.name.endswith(f"-{STAGING}") and _is_folder(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _is_folder(path: Path) -> bool:
+    """Whether `path` itself (not what a symbolic link points to) is a folder."""
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _is_regular(path: Path) -> bool:

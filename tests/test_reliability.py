@@ -16,7 +16,7 @@ from cli_runner import CLI, onnxtwin
 from onnxtwin.builders.weights import read_weights
 from onnxtwin.conformance.report import without_timings
 from onnxtwin.runtime import OnnxtwinError, Session
-from onnxtwin.runtime.files import TEMPORARY_PREFIX, atomic_path, folder_lock
+from onnxtwin.runtime.files import TEMPORARY_PREFIX, atomic_path, folder_lock, staging_folder
 
 PREVIOUS = b"the previous export"
 
@@ -84,6 +84,21 @@ def test_a_live_writers_temporary_is_left_alone(tmp_path):
             second.write_text("b")
         assert first.read_text() == "being written"  # same (live) pid: not stale
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+
+
+def test_a_dead_writers_staging_folder_goes_and_look_alike_folders_stay(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f"{TEMPORARY_PREFIX}{dead}-0123abcd-staging"
+    other = tmp_path / f"{TEMPORARY_PREFIX}{dead}-0123abcd-mine"  # not a staging name
+    live = staging_folder(tmp_path)
+    for folder in (stale, other, live):
+        folder.mkdir()
+        (folder / "cnn.torch.onnx").write_text("x")
+    with atomic_path(tmp_path / "next.txt") as tmp:
+        tmp.write_text("next")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other.name, live.name,
+                                                                 "next.txt"])
 
 
 # --- files that are not models ------------------------------------------------------------------

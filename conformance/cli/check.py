@@ -10,6 +10,8 @@ import typer
 
 from onnxtwin.conformance.cli.core import (
     MAX_SEED,
+    CalibrationOption,
+    GateOption,
     Source,
     SpecOption,
     app,
@@ -115,12 +117,8 @@ def check(
              "--precision` does, and run it as a path of its own "
              "against the oracle within a fraction of the output scale (fp16 0.01, int8 0.5)."
              )] = None,
-    calibration: Annotated[Path | None, typer.Option(
-        help="An .npz of input samples for int8 static quantization without --trained.")
-    ] = None,
-    gate: Annotated[list[str] | None, typer.Option(
-        help="Override a reduced-precision gate limit, e.g. int8.agreement=0.98 (see export)."
-        )] = None,
+    calibration: CalibrationOption = None,
+    gate: GateOption = None,
 ) -> None:
     """Cross-check every path of every model; exit 0 if all pass, 1 if any fails, 2 on misuse.
 

@@ -35,6 +35,14 @@ console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ e
 errors = Console(stderr=True, emoji=False)
 
 MAX_SEED = 2**32 - 1  # numpy's and Keras's generators take no larger seed (builders.grids)
+CalibrationOption = Annotated[Path | None, typer.Option(
+    "--calibration", help="An .npz of input samples (batch axis first) for int8 static "
+                          "quantization of random-weight models (graphs with a Conv).")]
+GateOption = Annotated[list[str] | None, typer.Option(
+    "--gate", help="Override a reduced-precision limit, e.g. int8.agreement=0.98 "
+                   "(repeatable): accuracy_drop (points; defaults fp16 0.1, int8 0.5), "
+                   "agreement (fp16 0.999, int8 0.99), relative_error (without labels only; "
+                   "fp16 0.005, int8 0.1).")]
 SpecOption = Annotated[Path | None, typer.Option(
     "--spec", help="TOML file of \\[models.NAME] tables: family variants, your own models "
                    "(torch/keras factories) and ONNX files (README: Your own models).")]

@@ -12,6 +12,8 @@ from rich.text import Text
 
 from onnxtwin.conformance.cli.core import (
     MAX_SEED,
+    CalibrationOption,
+    GateOption,
     Source,
     SpecOption,
     app,
@@ -115,14 +117,8 @@ def export(
         help="Folder written by `onnxtwin train`: export its trained twins; reduced files "
              "are gated on the whole test set and int8 calibrates on training samples.")
     ] = None,
-    calibration: Annotated[Path | None, typer.Option(
-        help="An .npz of input samples (batch axis first) for int8 static quantization of "
-             "random-weight models (graphs with a Conv).")] = None,
-    gate: Annotated[list[str] | None, typer.Option(
-        help="Override a reduced-precision limit, e.g. int8.agreement=0.98 (repeatable): "
-             "accuracy_drop (points; defaults fp16 0.1, int8 0.5), agreement (fp16 0.999, "
-             "int8 0.99), relative_error (without labels only; fp16 0.005, int8 0.1).")
-    ] = None,
+    calibration: CalibrationOption = None,
+    gate: GateOption = None,
 ) -> None:
     """Export twins to OUT/NAME.FRAMEWORK.onnx, each accepted only after the gate.
 
