@@ -331,3 +331,16 @@ def test_a_calibration_file_that_does_not_fit_the_signature_is_refused(files, tm
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "expected samples that fit" in done.stderr
     assert not out.exists() or [p.name for p in out.iterdir()] == [".onnxtwin.lock"]
+
+
+def test_check_precision_refuses_onnx_file_entries_before_any_work(files, tmp_path):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'[models.given]\nonnx = "{files / "cnn.torch.onnx"}"\n')
+    out = tmp_path / "report"
+    done = onnxtwin("check", "--spec", str(spec), "-m", "given", "--precision", "fp16",
+                    "--out", str(out))
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: --precision: expected models that onnxtwin exports (it reduces its own float32 "
+        "exports), got ONNX file entries ['given']"]
+    assert not out.exists()
+

@@ -144,6 +144,9 @@ def check(
                             f"got {list(precisions)}")
     reduced_options(precisions, calibration, gate)
     selected = selected_specs(model, spec)
+    if precisions and (files := [s.name for s in selected if not s.frameworks]):
+        raise OnnxtwinError(f"--precision: expected models that onnxtwin exports (it reduces "
+                            f"its own float32 exports), got ONNX file entries {files}")
     tolerances = load_tolerances(spec)
     if tolerance is not None:
         tolerances = tolerances.with_default("float32", tolerance)
