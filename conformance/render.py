@@ -95,8 +95,7 @@ def reduced_rows(document: dict) -> list[list[str]]:
                                           if c["actual"].startswith(f["path"] + "@")):
                 own = [c for c in r["comparisons"] if c["actual"] == f"{f['path']}@{provider}"]
                 fraction = r["tolerances"][f["precision"]]  # tolerance = fraction x scale
-                worst = max((c["max_abs"] * fraction / c["tolerance"]
-                             if c["max_abs"] is not None else np.inf) for c in own)
+                worst = max(_over_scale(c, fraction) for c in own)
                 rows.append([f["path"], provider,
                              "-" if g["accuracy"] is None else f"{g['accuracy']:.2%}",
                              "-" if g["drop_points"] is None else f"{-g['drop_points']:+.2f}",
@@ -105,6 +104,16 @@ def reduced_rows(document: dict) -> list[list[str]]:
                              f"{f['size'] / f['source_size']:.2f}",
                              "pass" if all(c["passed"] for c in own) else "FAIL"])
     return rows
+
+
+def _over_scale(check: dict, fraction: float) -> float:
+    """A reduced path's error over the scale its tolerance was made from (tolerance =
+    fraction x max(1, max |oracle|)); an integer output's tolerance is 0: exact or inf."""
+    if check["max_abs"] is None:
+        return np.inf
+    if check["tolerance"] == 0:
+        return 0.0 if check["max_abs"] == 0 else np.inf
+    return check["max_abs"] * fraction / check["tolerance"]
 
 
 def reduced_notes(document: dict) -> list[str]:
