@@ -118,15 +118,28 @@ def _over_scale(check: dict, fraction: float) -> float:
 
 def reduced_notes(document: dict) -> list[str]:
     """How each reduced file was made and where its error grows most, as text lines."""
-    lines = []
-    for m in document["models"]:
-        for f in (m["reduced"] or {"files": []})["files"]:
-            kept = "; ".join(f"{op} float32: {why}" for op, why in f["kept_ops"].items())
-            worst = ", ".join(f"{t['tensor']!r} ({t['op']}, {t['layer']}) {t['error']:.2g}"
-                              for t in f["divergence"])
-            lines.append(f"{f['path']}: {f['method']}" + (f"; {kept}" if kept else "")
-                         + (f"; error grows most at {worst}" if worst else ""))
-    return lines
+    return [reduced_note(f) for m in document["models"]
+            for f in (m["reduced"] or {"files": []})["files"]]
+
+
+def reduced_note(f: dict) -> str:
+    """One reduced file (a ReducedResult record, in export.json or report.json) in a line:
+    how it was made, what runs reduced and what stayed float32 (why), the calibration
+    methods' held-out figures, and where its error grows most."""
+    ops = ", ".join(f"{op} x{n}" for op, n in f["reduced_ops"].items()) or "none"
+    parts = [f"{f['path']}: {f['method']}; reduced: {ops}",
+             *(f"float32 {op}: {why}" for op, why in f["kept_ops"].items())]
+    if f["calibration"]:
+        scores = ", ".join(f"{m} failed" if "failed" in s else
+                           f"{m} {s['agreement']:.2%} / {s['relative_error']:.3g}"
+                           for m, s in f["calibration"]["methods"].items())
+        parts.append(f"calibration on {f['calibration']['data']}, held-out agreement / "
+                     f"error: {scores}")
+    if f["divergence"]:
+        parts.append("error grows most at " + ", ".join(
+            f"{t['tensor']!r} ({t['op']}, {t['layer']}) {t['error']:.2g}"
+            for t in f["divergence"]))
+    return "; ".join(parts)
 
 
 def failures(document: dict, limit: int = 20) -> list[str]:

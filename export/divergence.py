@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxtwin.export.graphs import mark_all_outputs, origin
+from onnxtwin.export.graphs import origin, run_all_outputs
 from onnxtwin.export.quantize import batch_reader
 from onnxtwin.runtime.metrics import json_ready
-from onnxtwin.runtime.session import Session
 
 Arrays = dict[str, np.ndarray]
 WORST = 3
@@ -96,11 +95,7 @@ def _named_pairs(model: onnx.ModelProto, reduced: onnx.ModelProto, inputs: Seque
 
 def _all_outputs(model: onnx.ModelProto, inputs: Sequence[Arrays]) -> dict[str, np.ndarray]:
     """Every node output on onnxruntime CPU, the input sets' results concatenated."""
-    with tempfile.TemporaryDirectory(prefix="onnxtwin-divergence-") as folder:
-        marked = Path(folder) / "marked.onnx"
-        onnx.save(mark_all_outputs(model), str(marked))
-        session = Session(marked, "cpu", strict=True, optimization="disable")
-        runs = [session.run(x) for x in inputs]
+    runs = run_all_outputs(model, inputs)
     return {name: np.concatenate([r[name].ravel() for r in runs]) for name in runs[0]}
 
 

@@ -40,6 +40,21 @@ def written_opset(model: onnx.ModelProto) -> int | None:
     return {o.domain or "": o.version for o in model.opset_import}.get("")
 
 
+def run_all_outputs(model: onnx.ModelProto, inputs) -> list[dict]:
+    """Every node output (and the graph's own) of `model` on each input set: its
+    mark_all_outputs copy on onnxruntime CPU, optimisations off so no node is fused away."""
+    import tempfile
+    from pathlib import Path
+
+    from onnxtwin.runtime.session import Session
+
+    with tempfile.TemporaryDirectory(prefix="onnxtwin-marked-") as folder:
+        marked = Path(folder) / "marked.onnx"
+        onnx.save(mark_all_outputs(model), str(marked))
+        session = Session(marked, "cpu", strict=True, optimization="disable")
+        return [session.run(x) for x in inputs]
+
+
 def mark_all_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy whose graph outputs are its own, then every top-level node's tensor outputs.
 

@@ -215,7 +215,7 @@ def reduce_precision(source: str | Path, precision: str, data: GateData,
     with atomic_path(target) as tmp:
         if precision == "fp16":
             with failures(f"{what}: expected onnxruntime's float16 converter to take it"):
-                converted = convert_float16(onnx.load(str(source)), _first_rows(data))
+                converted = convert_float16(onnx.load(str(source)), _debug_inputs(data))
             onnx.save(converted.model, str(tmp))
             reduced, kept = converted.summary()
             method = (f"float16 weights and activations, float32 inputs and outputs; "
@@ -230,7 +230,7 @@ def reduce_precision(source: str | Path, precision: str, data: GateData,
         gate = _gate(full, _outputs(Session(tmp, "cpu", strict=True), data.batches), data,
                      limits)
         try:
-            worst = divergence(source, tmp, _first_rows(data))
+            worst = divergence(source, tmp, _debug_inputs(data))
         except Exception:  # a debug aid: the gate's verdict stands without it
             worst = ()
         if not gate.passed:
@@ -244,7 +244,7 @@ def reduce_precision(source: str | Path, precision: str, data: GateData,
                          source.stat().st_size, used, time.perf_counter() - start)
 
 
-def _first_rows(data: GateData) -> tuple[Arrays, ...]:
+def _debug_inputs(data: GateData) -> tuple[Arrays, ...]:
     """The largest gate batch (the matrix's grid has batch 1, seq 1 first), cut to
     DEBUG_ROWS samples, as one input set."""
     batch = max(data.batches, key=lambda b: sum(a.size for a in b.values()))

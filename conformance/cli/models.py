@@ -175,8 +175,10 @@ def export(
     if reduced:
         console.print(result_table("reduced precision, gated against the float32 file",
                                    REDUCED_COLUMNS, [_reduced_row(r) for r in reduced]))
-        for line in (line for r in reduced for line in _reduced_lines(r)):
-            say(console, line)
+        from onnxtwin.conformance.render import reduced_note
+
+        for r in reduced:
+            say(console, reduced_note(r))
     count = sum(len(m["files"]) for m in document["models"]) * (2 if optimized else 1)
     say(console, f"wrote {out}/ ({count + len(reduced)} files, export.json)")
 
@@ -193,22 +195,3 @@ def _reduced_row(r: dict) -> list[str]:
     error = "inf" if g["relative_error"] is None else f"{g['relative_error']:.2e}"
     return [r["path"], accuracy, drop, agreement, error, f"{r['size'] / r['source_size']:.2f}",
             f"{g['samples']} samples"]
-
-
-def _reduced_lines(r: dict) -> list[str]:
-    """How a reduced file was made, which ops run reduced and which stayed float32 (why),
-    and where its error grows most."""
-    ops = ", ".join(f"{op} x{n}" for op, n in r["reduced_ops"].items()) or "none"
-    lines = [f"{r['path']}: {r['method']}; reduced: {ops}"]
-    lines += [f"  float32 {op}: {why}" for op, why in r["kept_ops"].items()]
-    if r["calibration"]:
-        scores = ", ".join(f"{m} failed" if "failed" in s else
-                           f"{m} {s['agreement']:.2%} / {s['relative_error']:.3g}"
-                           for m, s in r["calibration"]["methods"].items())
-        lines.append(f"  calibration on {r['calibration']['data']}; held-out agreement / "
-                     f"error: {scores}")
-    if r["divergence"]:
-        worst = "; ".join(f"{t['tensor']!r} ({t['op']}, {t['layer']}) {t['error']:.2g}"
-                          for t in r["divergence"])
-        lines.append(f"  error grows most at: {worst}")
-    return lines
