@@ -54,6 +54,14 @@ class Scheduler:
         self._closing = False
         self._worker: asyncio.Task | None = None
 
+    @property
+    def inputs(self) -> tuple:
+        return self.session.inputs
+
+    @property
+    def outputs(self) -> tuple:
+        return self.session.outputs
+
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._work())
 
@@ -81,9 +89,7 @@ class Scheduler:
         if not self.max_batch:
             return _Request(arrays, 1, (), {})
         # Batching: every input has the batch dim first.
-        return _Request(arrays, len(arrays[self.session.inputs[0].name]), tuple(
-            (k, a.dtype.str, a.shape[1:]) for k, a in arrays.items()),
-            self.session.run_dims(arrays))
+        return _Request(arrays, _rows(arrays), _key(arrays), self.session.run_dims(arrays))
 
     async def _work(self) -> None:
         while self._waiting or not self._closing:
@@ -94,27 +100,17 @@ class Scheduler:
             batch = [self._waiting.popleft()]
             try:
                 await self._gather(batch)
-                await self._run(batch)
+                results = await asyncio.to_thread(run_batch, self.session,
+                                                  [r.arrays for r in batch])
             except Exception as e:
-                await self._alone(batch, e)
-
-    async def _alone(self, batch: list[_Request], error: Exception) -> None:
-        """Answer the requests of a failed run: a run of one with `error`, a batch by
-        running each of its requests alone."""
-        if len(batch) == 1:
-            self._fail(batch[0], error)
-            return
-        for r in batch:
-            try:
-                await self._run([r])
-            except Exception as e:
-                self._fail(r, e)
-
-    @staticmethod
-    def _fail(request: _Request, error: Exception) -> None:
-        if not request.done.done():
-            request.done.set_exception(error if isinstance(error, OnnxtwinError)
-                                       else Unavailable(first_line(error)))
+                results = [e] * len(batch)
+            for r, result in zip(batch, results, strict=True):
+                if r.done.done():  # a client that went away cancelled its future
+                    continue
+                if isinstance(result, Exception):
+                    r.done.set_exception(as_unavailable(result))
+                else:
+                    r.done.set_result(result)
 
     async def _gather(self, batch: list[_Request]) -> None:
         """Add to `batch` (its oldest request) the waiting ones that fit with it (the others
@@ -126,7 +122,7 @@ class Scheduler:
             taken = False
             for r in list(self._waiting):
                 if r.key == batch[0].key and rows + r.rows <= self.max_batch and \
-                        self._fits(batch[0], rows + r.rows):
+                        fits(self.session, batch[0].dims, self.batch, rows + r.rows):
                     self._waiting.remove(r)
                     batch.append(r)
                     rows += r.rows
@@ -142,32 +138,84 @@ class Scheduler:
             except TimeoutError:
                 break
 
-    def _fits(self, first: _Request, rows: int) -> bool:
-        """Whether a run of `rows` rows like `first` stays within the memory limit."""
-        limit = self.session.memory_limit
-        return limit is None or self.session.needed_bytes({**first.dims, self.batch: rows}) \
-            <= limit
 
-    async def _run(self, batch: list[_Request]) -> None:
-        inputs = batch[0].arrays if len(batch) == 1 else {
-            k: np.concatenate([r.arrays[k] for r in batch]) for k in batch[0].arrays}
-        outputs = await asyncio.to_thread(self.session.run, inputs)
-        for r, result in zip(batch, self._split(batch, outputs), strict=True):
-            if not r.done.done():  # a client that went away cancelled its future
-                r.done.set_result(result)
+def as_unavailable(error: Exception) -> OnnxtwinError:
+    """A request's error as the protocol maps it: onnxtwin's own errors as they are (400,
+    413, 503), anything else (a library's failure, not the request's) as Unavailable."""
+    return error if isinstance(error, OnnxtwinError) else Unavailable(first_line(error))
 
-    def _split(self, batch: list[_Request], outputs: dict[str, np.ndarray]) -> list[dict]:
-        """Each request's rows of a batched run's outputs."""
-        if len(batch) == 1:
-            return [outputs]
-        rows = sum(r.rows for r in batch)
-        for name, value in outputs.items():
-            if value.shape[:1] != (rows,):
-                raise OnnxtwinError(f"{self.session.path.name}: expected output {name!r} "
-                                    f"with {rows} rows, one per batched input row, got "
-                                    f"{list(value.shape)}")
-        starts = np.cumsum([0, *(r.rows for r in batch)])
-        return [{k: v[a:b] for k, v in outputs.items()} for a, b in itertools.pairwise(starts)]
+
+def fits(session: Session, dims: dict[str, int], batch: str | None, rows: int) -> bool:
+    """Whether a run with `dims` but `rows` rows stays within the session's memory limit."""
+    limit = session.memory_limit
+    return limit is None or session.needed_bytes({**dims, batch: rows}) <= limit
+
+
+def run_batch(session: Session, requests: list[dict[str, np.ndarray]],
+              max_rows: int | None = None) -> list[dict[str, np.ndarray] | Exception]:
+    """Each request's outputs (or the exception it gets), from as few runs as can be.
+
+    The requests (validated arrays, batch dim first) are grouped in order: a request joins
+    the first group that agrees with it on every dim but the first and stays within
+    `max_rows` rows (None: no bound) and the session's memory limit. Each group runs once
+    and its outputs are split back by rows. When a group's run fails, its requests run
+    again one by one, so that one request's bad values (an index a foreign model's Gather
+    refuses) fail only that request.
+    """
+    batch = batch_dim(session)  # None: every request runs alone
+    groups: list[list[int]] = []
+    for i, arrays in enumerate(requests):
+        for group in groups if batch else ():
+            first = requests[group[0]]
+            total = sum(_rows(requests[j]) for j in (*group, i))
+            if _key(first) == _key(arrays) and (max_rows is None or total <= max_rows) \
+                    and fits(session, session.run_dims(first), batch, total):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    results: list = [None] * len(requests)
+    for group in groups:
+        for i, result in zip(group, _run_group(session, [requests[j] for j in group]),
+                             strict=True):
+            results[i] = result
+    return results
+
+
+def _key(arrays: dict[str, np.ndarray]) -> tuple:
+    """What requests must agree on to run together: every input's dtype and dims but the
+    first."""
+    return tuple((k, a.dtype.str, a.shape[1:]) for k, a in arrays.items())
+
+
+def _rows(arrays: dict[str, np.ndarray]) -> int:
+    return len(next(iter(arrays.values())))
+
+
+def _run_group(session: Session, group: list[dict[str, np.ndarray]]) -> list:
+    if len(group) == 1:
+        try:
+            return [session.run(group[0])]
+        except Exception as e:
+            return [e]
+    try:
+        outputs = session.run({k: np.concatenate([r[k] for r in group]) for k in group[0]})
+        return _split(session, group, outputs)
+    except Exception:
+        return [item for r in group for item in _run_group(session, [r])]
+
+
+def _split(session: Session, group: list[dict[str, np.ndarray]],
+           outputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Each request's rows of a batched run's outputs."""
+    counts = [_rows(r) for r in group]
+    rows = sum(counts)
+    for name, value in outputs.items():
+        if value.shape[:1] != (rows,):
+            raise OnnxtwinError(f"{session.path.name}: expected output {name!r} with {rows} "
+                                f"rows, one per batched input row, got {list(value.shape)}")
+    starts = np.cumsum([0, *counts])
+    return [{k: v[a:b] for k, v in outputs.items()} for a, b in itertools.pairwise(starts)]
 
 
 def batch_invariant(session: Session) -> str | None:

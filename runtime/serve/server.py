@@ -26,13 +26,13 @@ import asyncio
 import logging
 import math
 import socket
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import version
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -143,25 +143,60 @@ class _Budget:
             self.held -= mine
 
 
+class Model(Protocol):
+    """What the protocol's routes need of a served model: its signature, and a way to run
+    a request (validated there; onnxtwin's errors map to HTTP statuses)."""
+
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+    async def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+Models = Callable[[], AbstractAsyncContextManager[Mapping[str, Model]]]
+"""Opens the served models by name when the application starts, closes them when it stops."""
+
+
 def create_app(sessions: Mapping[str, Session], options: ServeOptions = ServeOptions(),
                on_ready: Callable[[], None] = lambda: None,
                unbatched: Collection[str] = ()) -> Any:
-    """The ASGI application serving `sessions` by model name; `on_ready` runs at startup.
-    The models named in `unbatched` run each request alone.
+    """The ASGI application serving `sessions` by model name in this process; `on_ready`
+    runs at startup. The models named in `unbatched` run each request alone.
 
     Each run is bounded by its session's own `memory_limit` (413 over it, and no batch
     grows past it). Models the protocol cannot serve (a name that is no URL path part,
     an input or output type it has no datatype for) are refused here, in one line.
     """
+    for name, session in sessions.items():
+        check_servable(name, session)
+
+    @asynccontextmanager
+    async def schedulers() -> AsyncIterator[dict[str, Scheduler]]:
+        running = {name: Scheduler(session, 0 if name in unbatched else options.max_batch,
+                                   options.max_delay_ms / 1000, options.max_queue)
+                   for name, session in sessions.items()}
+        for s in running.values():
+            s.start()
+        try:
+            yield running
+        finally:  # uvicorn gets here after in-flight requests finished
+            await asyncio.gather(*(s.stop() for s in running.values()))
+
+    return protocol_app(schedulers, options, on_ready)
+
+
+def protocol_app(models: Models, options: ServeOptions,
+                 on_ready: Callable[[], None] = lambda: None) -> Any:
+    """The Open Inference Protocol's routes (Starlette) over `models`: those of this
+    process (`create_app`) or of a Ray Serve cluster (`ray_app`). The request bounds of
+    `options` apply here; the runs' own bounds are the models'."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    for name, session in sessions.items():
-        check_servable(name, session)
-    schedulers: dict[str, Scheduler] = {}
+    served: dict[str, Model] = {}
     bodies = _Budget(options.inflight_budget)
     worker: list[ThreadPoolExecutor] = []  # one thread, created at startup
     log = logging.getLogger("uvicorn.error")
@@ -170,14 +205,14 @@ def create_app(sessions: Mapping[str, Session], options: ServeOptions = ServeOpt
         return Response(error_body(message), status, media_type="application/json",
                         headers={"connection": "close"} if close else None)
 
-    def scheduler(request: Request) -> Scheduler:
+    def model(request: Request) -> Model:
         name, wanted = request.path_params["model"], request.path_params.get("version")
-        if name not in schedulers:
-            raise _HttpError(404, f"model: expected one of {sorted(schedulers)}, got {name!r}")
+        if name not in served:
+            raise _HttpError(404, f"model: expected one of {sorted(served)}, got {name!r}")
         if wanted not in (None, MODEL_VERSION):
             raise _HttpError(404, f"model {name!r}: expected version {MODEL_VERSION}, got "
                                   f"{wanted!r}")
-        return schedulers[name]
+        return served[name]
 
     async def guarded(handler, request: Request) -> Response:
         try:
@@ -205,14 +240,14 @@ def create_app(sessions: Mapping[str, Session], options: ServeOptions = ServeOpt
         return await asyncio.get_running_loop().run_in_executor(worker[0],
                                                                 partial(function, *args))
 
-    async def probe(s: Scheduler) -> str | None:
+    async def probe(name: str) -> str | None:
         """None if the model runs a probe input now, else why not."""
         try:
-            await asyncio.wait_for(s.submit(probe_inputs(s.session.inputs)),
+            await asyncio.wait_for(served[name].submit(probe_inputs(served[name].inputs)),
                                    options.probe_timeout_s)
         except TimeoutError:
-            return f"{s.session.path.name}: expected a probe run within " \
-                   f"{options.probe_timeout_s} s, got none"
+            return f"model {name!r}: expected a probe run within {options.probe_timeout_s} " \
+                   f"s, got none"
         except Exception as e:  # whatever stops the session is the answer
             return first_line(e)
         return None
@@ -225,26 +260,27 @@ def create_app(sessions: Mapping[str, Session], options: ServeOptions = ServeOpt
         return Response(status_code=200)
 
     async def ready(request: Request) -> Response:
-        failures = [f for f in await asyncio.gather(*map(probe, schedulers.values())) if f]
+        failures = [f for f in await asyncio.gather(*map(probe, served)) if f]
         return error(503, "; ".join(failures)) if failures else Response(status_code=200)
 
     async def model_ready(request: Request) -> Response:
-        failure = await probe(scheduler(request))
+        model(request)  # 404 for an unknown one
+        failure = await probe(request.path_params["model"])
         return error(503, failure) if failure else Response(status_code=200)
 
     async def metadata(request: Request) -> Response:
-        s = scheduler(request)
+        m = model(request)
         return JSONResponse(model_metadata(request.path_params["model"], MODEL_VERSION,
-                                           s.session.inputs, s.session.outputs))
+                                           m.inputs, m.outputs))
 
     async def infer(request: Request) -> Response:
-        s = scheduler(request)
+        m = model(request)
         with bodies.claim() as claim:
             body = await read_bounded(request, options, claim)
             parsed = await offload(len(body), parse_infer_request, body,
                                    request.headers.get(HEADER_LENGTH))
-            wanted_outputs(parsed, [o.name for o in s.session.outputs])
-            outputs = await s.submit(parsed.inputs)
+            wanted_outputs(parsed, [o.name for o in m.outputs])
+            outputs = await m.submit(parsed.inputs)
             content, headers = await offload(sum(v.nbytes for v in outputs.values()),
                                              infer_response, request.path_params["model"],
                                              MODEL_VERSION, parsed, outputs)
@@ -264,15 +300,12 @@ def create_app(sessions: Mapping[str, Session], options: ServeOptions = ServeOpt
     @asynccontextmanager
     async def lifespan(app):
         worker.append(ThreadPoolExecutor(1, thread_name_prefix="onnxtwin-serve"))
-        for name, session in sessions.items():
-            schedulers[name] = Scheduler(session, 0 if name in unbatched else options.max_batch,
-                                         options.max_delay_ms / 1000, options.max_queue)
-            schedulers[name].start()
-        on_ready()
         try:
-            yield
-        finally:  # uvicorn gets here after in-flight requests finished
-            await asyncio.gather(*(s.stop() for s in schedulers.values()))
+            async with models() as opened:
+                served.update(opened)
+                on_ready()
+                yield
+        finally:
             worker.pop().shutdown()
 
     app = Starlette(routes=[
