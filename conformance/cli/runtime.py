@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from onnxtwin.conformance.cli.core import app, bounded, console, say, session
+from onnxtwin.runtime.errors import OnnxtwinError
 
 PANEL = "Deployment (onnxruntime only)"
 MAX_RUN_MB = 1024.0  # runtime.session.DEFAULT_MEMORY_LIMIT, which would import onnxruntime
@@ -102,12 +103,22 @@ def serve(
     strict: Annotated[bool, typer.Option(
         help="Fail if the provider cannot run here, instead of falling back to CPU.")] = False,
     settings: SettingsOption = None,
+    ray: Annotated[str | None, typer.Option(
+        help="Serve on the Ray cluster at this address (HOST:PORT of its head) with Ray "
+             "Serve instead of in this process: the app `deploy --to ray` writes. Needs "
+             "onnxtwin[ray] on every node.", rich_help_panel="Ray")] = None,
+    replicas: Annotated[int | None, typer.Option(
+        help="With --ray: replicas of each model (default 1).", rich_help_panel="Ray")] = None,
+    replica_cpus: Annotated[float | None, typer.Option(
+        help="With --ray: CPUs Ray reserves for each replica (default 1).",
+        rich_help_panel="Ray")] = None,
 ) -> None:
     """Serve ONNX models over HTTP with the Open Inference Protocol v2 (KServe v2, Triton).
 
     Clients written for Triton (e.g. tritonclient.http) work unchanged. Imports only
-    onnxruntime, onnx, numpy, Starlette and uvicorn. SIGINT or SIGTERM stops it after the
-    requests in flight finish.
+    onnxruntime, onnx, numpy, Starlette and uvicorn (and Ray with --ray). SIGINT or SIGTERM
+    stops it after the requests in flight finish; with --ray it deletes the application
+    from the cluster.
     """
     from onnxtwin.runtime.serve.server import ServeOptions, model_names
     from onnxtwin.runtime.serve.server import serve as run_server
@@ -126,6 +137,19 @@ def serve(
         idle_timeout_s=bounded("idle_timeout", idle_timeout, 0.001, 3600),
         max_connections=int(bounded("max_connections", max_connections, 1, 2**20)))
     chosen = session_settings(settings, models)
+    if ray is not None:
+        from onnxtwin.runtime.serve.ray_config import RayOptions, serve_on_cluster
+
+        serve_on_cluster(models, ray, RayOptions(
+            provider, replicas=1 if replicas is None else replicas,
+            replica_cpus=1.0 if replica_cpus is None else replica_cpus,
+            max_batch=options.max_batch, max_delay_ms=options.max_delay_ms, host=host,
+            port=port, serve=options), chosen, announce=lambda line: say(console, line))
+        return
+    for option, value in (("--replicas", replicas), ("--replica-cpus", replica_cpus)):
+        if value is not None:
+            raise OnnxtwinError(f"{option} {value}: expected it only with --ray (one process "
+                                f"serves here), got no --ray")
     sessions = {name: session(path, provider, strict, **options.session_bounds,
                               **chosen.get(path, {}))
                 for name, path in model_names(models).items()}
@@ -139,7 +163,6 @@ def session_settings(path: Path | None, models: list[Path]) -> dict[Path, dict]:
     what the benchmark measured."""
     import json
 
-    from onnxtwin.runtime.errors import OnnxtwinError
     from onnxtwin.runtime.session import OPTIMIZATION_LEVELS
 
     if path is None:
@@ -175,38 +198,104 @@ def mebibytes(name: str, value: float, high: float = 2**20) -> int:
 
 class Target(StrEnum):
     triton = "triton"
+    ray = "ray"
+
+
+TRITON_ONLY = ("name", "instances")
+RAY_ONLY = ("replicas", "max_replicas", "replicas_per_node", "replica_cpus", "max_ongoing",
+            "host", "port", "max_request_mb", "max_run_mb")
 
 
 @app.command(rich_help_panel=PANEL)
 def deploy(
-    model: Annotated[Path, typer.Argument(help="The .onnx file to deploy.")],
-    out: Annotated[Path, typer.Option(help="Model repository folder (created if missing).")],
+    models: Annotated[list[Path], typer.Argument(help="The .onnx files to deploy.")],
+    out: Annotated[Path, typer.Option(
+        help="Triton: the model repository (created if missing). Ray: the application "
+             "folder (must not exist).")],
     to: Annotated[Target, typer.Option(help="Serving engine.")] = Target.triton,
-    name: Annotated[str | None, typer.Option(
-        help="Model name. Default: the file name without .onnx, dots as underscores.")
-    ] = None,
-    provider: Annotated[str, typer.Option(help="cpu or cuda: where Triton runs it.")] = "cpu",
-    max_batch: Annotated[int, typer.Option(help="max_batch_size; 0: no batching.")] = 64,
+    provider: Annotated[str, typer.Option(help="cpu or cuda: where it runs.")] = "cpu",
+    max_batch: Annotated[int, typer.Option(help="Rows per run when batching; 0: none.")] = 64,
     max_delay_us: Annotated[int, typer.Option(
-        help="Dynamic batching's max_queue_delay_microseconds.")] = 0,
-    instances: Annotated[int, typer.Option(help="Model instances.")] = 1,
+        help="How long a batch waits for company, in microseconds.")] = 0,
     settings: SettingsOption = None,
+    name: Annotated[str | None, typer.Option(
+        help="Model name (one model only). Default: the file name without .onnx, dots as "
+             "underscores.", rich_help_panel="Triton")] = None,
+    instances: Annotated[int | None, typer.Option(
+        help="Model instances (default 1).", rich_help_panel="Triton")] = None,
+    replicas: Annotated[int | None, typer.Option(
+        help="Replicas of each model (default 1); the lower bound with --max-replicas.",
+        rich_help_panel="Ray")] = None,
+    max_replicas: Annotated[int | None, typer.Option(
+        help="Autoscale each model between --replicas and this.", rich_help_panel="Ray")
+    ] = None,
+    replicas_per_node: Annotated[int | None, typer.Option(
+        help="Most replicas of a model on one node (1: each on its own node).",
+        rich_help_panel="Ray")] = None,
+    replica_cpus: Annotated[float | None, typer.Option(
+        help="CPUs Ray reserves for each replica (default 1).", rich_help_panel="Ray")
+    ] = None,
+    max_ongoing: Annotated[int | None, typer.Option(
+        help="Requests a replica holds at once (default 64).", rich_help_panel="Ray")] = None,
+    host: Annotated[str | None, typer.Option(
+        help="Where Ray's HTTP proxies listen (default 127.0.0.1).", rich_help_panel="Ray")
+    ] = None,
+    port: Annotated[int | None, typer.Option(
+        help="Their port (default 8000).", rich_help_panel="Ray")] = None,
+    max_request_mb: Annotated[float | None, typer.Option(
+        help="Largest request body; larger gets HTTP 413 (default 64).",
+        rich_help_panel="Ray")] = None,
+    max_run_mb: Annotated[float | None, typer.Option(
+        help="Most memory one run may need; more gets HTTP 413 (default 1024).",
+        rich_help_panel="Ray")] = None,
 ) -> None:
-    """Write a Triton model repository: OUT/NAME/config.pbtxt and OUT/NAME/1/model.onnx.
+    """Write a Triton model repository, or a Ray Serve application.
 
-    The config is built and checked with Triton's model-config protobuf; names, dtypes
-    and dims come from the model's signature. With --settings, the benchmark's threads and
+    Triton: OUT/NAME/config.pbtxt and OUT/NAME/1/model.onnx per file, built and checked
+    with Triton's model-config protobuf; with --settings, the benchmark's threads and
     optimisation level go into it (Triton's onnxruntime backend has no setting for idle
     threads' spinning: that one is said, not written).
+
+    Ray: OUT/serve_config.yaml (checked with Ray Serve's own schema), OUT/onnxtwin_app.py
+    and OUT/models/; the same protocol as `onnxtwin serve`, each model a deployment with
+    its replicas. Run it with the `serve run` line it prints.
     """
+    given = {k: v for k, v in locals().items() if k in TRITON_ONLY + RAY_ONLY and v is not None}
+    if wrong := [k for k in given if k not in (RAY_ONLY if to is Target.ray else TRITON_ONLY)]:
+        option = "--" + wrong[0].replace("_", "-")
+        raise OnnxtwinError(f"{option}: expected it only with --to "
+                            f"{'triton' if to is Target.ray else 'ray'}, got --to {to}")
+    chosen = session_settings(settings, models)
+    if to is Target.ray:
+        deploy_ray(models, out, provider, max_batch, max_delay_us, chosen, given)
+        return
+    if len(models) > 1:
+        raise OnnxtwinError(f"--to triton: expected one model file (deploy each into the "
+                            f"same --out), got {len(models)}")
     from onnxtwin.runtime.serve.triton import TritonOptions, write_repository
 
-    chosen = session_settings(settings, [model]).get(model, {})
-    session_keywords = {k: v for k, v in chosen.items() if k != "spinning"}
+    model = models[0]
+    keywords = {k: v for k, v in chosen.get(model, {}).items() if k != "spinning"}
     folder = write_repository(model, out, name, TritonOptions(
-        provider, max_batch, max_delay_us, instances, **session_keywords))
+        provider, max_batch, max_delay_us, instances or 1, **keywords))
     say(console, f"wrote {folder}: start Triton with --model-repository={out.resolve()}")
-    if chosen.get("spinning") is False:
+    if chosen.get(model, {}).get("spinning") is False:
         say(console, "note: --settings asks for idle onnxruntime threads not to spin; "
                      "Triton's onnxruntime backend cannot be told so (its config has no "
                      "such parameter)")
+
+
+def deploy_ray(models: list[Path], out: Path, provider: str, max_batch: int,
+               max_delay_us: int, chosen: dict[Path, dict], given: dict) -> None:
+    """`deploy --to ray`: the application folder, and how to run it."""
+    from onnxtwin.runtime.serve.ray_config import CONFIG, RayOptions, write_app
+    from onnxtwin.runtime.serve.server import ServeOptions
+
+    bounds = {f"max_{k}_bytes": mebibytes(f"max_{k}_mb", given.pop(f"max_{k}_mb"))
+              for k in ("request", "run") if f"max_{k}_mb" in given}
+    write_app(models, out, RayOptions(
+        provider, max_batch=int(bounded("max_batch", max_batch, 0, 65536)),
+        max_delay_ms=bounded("max_delay_us", max_delay_us, 0, 60_000_000) / 1000,
+        serve=ServeOptions(**bounds), **given), chosen)
+    say(console, f"wrote {out}; run it on a Ray cluster with:")
+    say(console, f"  serve run {out / CONFIG} --working-dir {out} --address HEAD:6379")

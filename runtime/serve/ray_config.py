@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxtwin.runtime.errors import OnnxtwinError
+from onnxtwin.runtime.errors import OnnxtwinError, first_line
 from onnxtwin.runtime.files import temporary_name
 from onnxtwin.runtime.serve.server import ServeOptions, check_servable, model_names
 from onnxtwin.runtime.serve.triton import external_data
@@ -175,7 +175,10 @@ def serve_on_cluster(models: list[Path], address: str, options: RayOptions,
     import signal
     import tempfile
 
-    import ray
+    from onnxtwin.runtime.cluster import check_address, import_ray
+
+    ray = import_ray()
+    check_address(address)
     from ray import serve
     from ray.serve.scripts import run
 
@@ -189,17 +192,11 @@ def serve_on_cluster(models: list[Path], address: str, options: RayOptions,
         try:
             run.main([str(out / CONFIG), "--working-dir", str(out), "--address", address,
                       "--non-blocking"], standalone_mode=False)
-        except (ConnectionError, RuntimeError, ValueError) as e:  # ray.init's, for a bad address
-            raise OnnxtwinError(f"--ray {address}: expected the address of a running Ray "
-                                f"cluster, got {' '.join(str(e).split())[:300]}") from None
+        except (ConnectionError, RuntimeError, ValueError) as e:  # ray.init's
+            raise OnnxtwinError(f"--ray: expected a Ray cluster at {address}, got "
+                                f"{first_line(e)}") from None
         try:
-            deadline = time.monotonic() + timeout_s
-            while (state := serve.status().applications[APP]).status != "RUNNING":
-                if state.status == "DEPLOY_FAILED" or time.monotonic() > deadline:
-                    raise OnnxtwinError(f"--ray {address}: expected the application running "
-                                        f"within {timeout_s:.0f} s, got {state.status}: "
-                                        f"{' '.join(state.message.split())[:300]}")
-                time.sleep(0.5)
+            _wait_running(address, timeout_s, announce)
             announce(f"serving {', '.join(model_names(models))} at "
                      f"http://{options.host}:{options.port}/v2 on the Ray cluster {address} "
                      f"({options.replicas} replica(s) each; stop with Ctrl-C)")
@@ -207,3 +204,24 @@ def serve_on_cluster(models: list[Path], address: str, options: RayOptions,
         finally:
             serve.delete(APP)
             ray.shutdown()
+
+
+def _wait_running(address: str, timeout_s: float, announce) -> None:
+    """Return once the application runs; say what it waits for every 30 s (a replica that
+    cannot be scheduled waits for resources for ever: Ray's message names them); refuse
+    a failed deployment, or one not running after `timeout_s`."""
+    from ray import serve
+
+    from onnxtwin.runtime.serve.ray_app import APP
+
+    start = said = time.monotonic()
+    while (state := serve.status().applications[APP]).status != "RUNNING":
+        why = " ".join(" ".join([state.message, *(d.message for d in state.deployments.values()
+                                                  if d.message)]).split())
+        if state.status == "DEPLOY_FAILED" or time.monotonic() > start + timeout_s:
+            raise OnnxtwinError(f"--ray {address}: expected the application running within "
+                                f"{timeout_s:.0f} s, got {state.status}: {why[:400]}")
+        if time.monotonic() > said + 30:
+            announce(f"waiting for the application ({state.status}): {why[:400]}")
+            said = time.monotonic()
+        time.sleep(0.5)

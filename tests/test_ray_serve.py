@@ -1,0 +1,340 @@
+"""`onnxtwin deploy --to ray` and `onnxtwin serve --ray`: the Open Inference Protocol on a
+real Ray Serve cluster (its nodes are separate processes on this machine).
+
+The client is tritonclient.http; the expected outputs are `Session.run` of each request
+alone and the metadata is what `onnxtwin serve` answers, in this process. The two-node
+tests are slow; the fast tier writes and validates an application and serves one request
+on a one-node cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import tritonclient.http as triton
+import yaml
+from tritonclient.utils import InferenceServerException
+
+from onnxtwin.export import export_model
+from onnxtwin.runtime import Session
+from tests.cli_runner import CLI, onnxtwin
+from tests.ray_cluster import free_port, local_cluster, ray_processes
+from tests.test_serving import images, infer, serving, tokens
+
+SERVE = str(Path(sys.executable).with_name("serve"))
+READY_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, twins_of):
+    """cnn.torch and transformer.torch exports."""
+    out = tmp_path_factory.mktemp("ray-served")
+    for name in ("cnn", "transformer"):
+        export_model(twins_of(name), "torch", out)
+    return out
+
+
+def served_files(files: Path) -> list[str]:
+    return [str(files / "cnn.torch.onnx"), str(files / "transformer.torch.onnx")]
+
+
+def wait_ready(url: str, process: subprocess.Popen, log: Path) -> triton.InferenceServerClient:
+    """A client once every model of the server at `url` answers its readiness probe."""
+    client = triton.InferenceServerClient(url, network_timeout=30)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-3000:]
+        try:
+            if client.is_server_ready():
+                return client
+        except Exception:  # not listening yet
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"not ready within {READY_TIMEOUT_S} s: {log.read_text()[-3000:]}")
+
+
+def local_metadata(files: Path) -> dict[str, dict]:
+    """What `onnxtwin serve` answers for each model's metadata."""
+    sessions = {Path(f).name.removesuffix(".onnx"): Session(f) for f in served_files(files)}
+    with serving(sessions) as url:
+        client = triton.InferenceServerClient(url)
+        return {name: client.get_model_metadata(name) for name in sessions}
+
+
+def assert_bit_identical(url: str, files: Path, rows: int = 3) -> None:
+    cnn, transformer = (Session(f) for f in served_files(files))
+    for binary in (True, False):
+        x, t = images(rows, seed=rows), tokens(rows, seq=23, seed=rows)
+        assert infer(url, "cnn.torch", "image", x, binary).tobytes() == \
+            cnn.run({"image": x})["logits"].tobytes()
+        assert infer(url, "transformer.torch", "tokens", t, binary).tobytes() == \
+            transformer.run({"tokens": t})["logits"].tobytes()
+
+
+# --- deploy --to ray: the application folder, without a cluster ---
+
+def test_deploy_writes_an_application_that_ray_serve_accepts(files, tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+
+    out = tmp_path / "app"
+    result = onnxtwin("deploy", *served_files(files), "--to", "ray", "--out", str(out),
+                      "--replicas", "2", "--replicas-per-node", "1", "--replica-cpus", "0.5",
+                      "--max-ongoing", "8", "--max-batch", "16", "--max-delay-us", "2000",
+                      "--port", "8123", "--max-request-mb", "2", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"serve run {out}/serve_config.yaml --working-dir {out} --address HEAD:6379" in \
+        result.stdout
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "models", "models/cnn.torch.onnx", "models/transformer.torch.onnx", "onnxtwin_app.py",
+        "serve_config.yaml"]
+    for f in served_files(files):
+        assert (out / "models" / Path(f).name).read_bytes() == Path(f).read_bytes()
+    config = yaml.safe_load((out / "serve_config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config)  # Ray's own schema
+    (application,) = schema.applications
+    assert (application.import_path, application.route_prefix) == ("onnxtwin_app:build", "/")
+    assert (schema.http_options.port, schema.proxy_location) == (8123, "EveryNode")
+    deployments = {d.name: d for d in application.deployments}
+    assert sorted(deployments) == ["cnn.torch", "onnxtwin", "transformer.torch"]
+    for name in ("cnn.torch", "transformer.torch"):
+        d = deployments[name]
+        assert (d.num_replicas, d.max_replicas_per_node, d.max_ongoing_requests) == (2, 1, 8)
+        assert d.ray_actor_options.model_dump(exclude_unset=True) == {"num_cpus": 0.5,
+                                                                      "num_gpus": 0}
+        args = application.args["models"][name]
+        assert args == {"file": f"models/{name}.onnx", "provider": "cpu", "max_batch": 16,
+                        "max_delay_ms": 2.0, "settings": {}}
+    assert application.args["options"]["max_request_bytes"] == 2 * 2**20
+    # The module imports onnxtwin.runtime and Ray, never torch or TensorFlow.
+    code = textwrap.dedent("""
+        import sys, onnxtwin_app
+        print(sorted(m for m in ("torch", "tensorflow", "keras") if m in sys.modules),
+              "ray" in sys.modules)
+    """)
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=out, check=True).stdout.split()
+    assert imported == ["[]", "True"]
+
+
+def test_deploy_autoscaling_and_cuda_ask_ray_for_bounds_and_a_gpu(files, tmp_path):
+    from onnxtwin.runtime.serve.ray_config import RayOptions, write_app
+
+    config = write_app([files / "cnn.torch.onnx"], tmp_path / "app",
+                       RayOptions("cuda", replicas=1, max_replicas=4))
+    deployment = config["applications"][0]["deployments"][1]
+    assert deployment["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4}
+    assert "num_replicas" not in deployment
+    assert deployment["ray_actor_options"]["num_gpus"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--provider", "tpu"], "provider: expected one of ['cpu', 'cuda'] for Ray, got 'tpu'"),
+    (["--replicas", "0"], "replicas: expected a number from 1 to 4096, got 0"),
+    (["--replicas", "2", "--max-replicas", "1"],
+     "max_replicas: expected a number from 2 to 4096, got 1"),
+    (["--instances", "2"], "--instances: expected it only with --to triton, got --to ray"),
+    (["{text}"], "{text}: expected an ONNX model onnxruntime can load, got: "),
+    (["--out", "{existing}"], "--out {existing}: expected a folder that does not exist yet, "
+                              "got an existing one (remove it or choose another)"),
+])
+def test_deploy_refuses_bad_input_in_one_line_and_writes_nothing(files, tmp_path, args,
+                                                                 message):
+    (tmp_path / "model.txt").write_text("not a model")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    names = {"text": str(tmp_path / "model.txt"), "existing": str(existing)}
+    args = [a.format(**names) for a in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "app")]
+    before = sorted(tmp_path.rglob("*"))
+    result = onnxtwin("deploy", str(files / "cnn.torch.onnx"), "--to", "ray", *out, *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: " + message.format(**names))
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_triton_options_are_refused_for_ray_and_ray_options_for_triton(files, tmp_path):
+    result = onnxtwin("deploy", str(files / "cnn.torch.onnx"), "--out", str(tmp_path / "r"),
+                      "--replicas", "2")
+    assert (result.returncode, result.stderr.strip()) == (
+        2, "error: --replicas: expected it only with --to ray, got --to triton")
+    assert not (tmp_path / "r").exists()
+
+
+# --- serve --ray on a one-node cluster (fast tier) ---
+
+def test_serve_ray_answers_like_onnxtwin_serve_on_a_one_node_cluster(files, tmp_path):
+    """`onnxtwin serve --ray` deploys the files, answers bit for bit, and deletes its
+    application on SIGTERM; then the cluster is stopped with nothing left behind."""
+    port = free_port()
+    with local_cluster(worker_nodes=0) as cluster:
+        log = tmp_path / "serve.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [*CLI, "serve", *served_files(files), "--ray", cluster.address, "--port",
+                 str(port), "--replica-cpus", "0.5"], stdout=sink, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        try:
+            client = wait_ready(f"127.0.0.1:{port}", process, log)
+            assert {n: client.get_model_metadata(n) for n in ("cnn.torch", "transformer.torch")
+                    } == local_metadata(files)
+            assert_bit_identical(f"127.0.0.1:{port}", files)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(60) == 0, log.read_text()[-3000:]
+        finally:
+            process.kill()
+        text = log.read_text()
+        assert f"serving cnn.torch, transformer.torch at http://127.0.0.1:{port}/v2 on the " \
+               f"Ray cluster {cluster.address}" in text
+        with pytest.raises(Exception):  # noqa: B017 (refused or reset: the app is gone)
+            triton.InferenceServerClient(f"127.0.0.1:{port}").get_model_metadata("cnn.torch")
+    assert ray_processes(cluster.temp_dir) == []
+
+
+def test_serve_ray_with_a_bad_address_is_one_line(files):
+    result = onnxtwin("serve", str(files / "cnn.torch.onnx"), "--ray", "127.0.0.1:1",
+                      timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: --ray: expected a Ray cluster listening at "
+                                     "127.0.0.1:1, got Connection refused")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --- two nodes, two replicas (slow) ---
+
+@pytest.fixture(scope="module")
+def two_nodes(files, tmp_path_factory):
+    """A head and a worker node with the app deployed by the README's `serve run` line:
+    two replicas per model, one per node; requests over 1 MiB refused."""
+    out = tmp_path_factory.mktemp("ray-app") / "app"
+    port = free_port()
+    result = onnxtwin("deploy", *served_files(files), "--to", "ray", "--out", str(out),
+                      "--replicas", "2", "--replicas-per-node", "1", "--replica-cpus", "0.5",
+                      "--port", str(port), "--max-request-mb", "1", timeout=300)
+    assert result.returncode == 0, result.stderr
+    with local_cluster(worker_nodes=1) as cluster:
+        log = out.parent / "serve.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [SERVE, "run", str(out / "serve_config.yaml"), "--working-dir", str(out),
+                 "--address", cluster.address], stdout=sink, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=out.parent)
+        try:
+            wait_ready(f"127.0.0.1:{port}", process, log)
+            yield cluster, f"127.0.0.1:{port}"
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert ray_processes(cluster.temp_dir) == []
+
+
+def replicas(cluster, model: str) -> list:
+    """The live replica actors of `model`, from Ray's state API."""
+    from ray.util.state import list_actors
+
+    return [a for a in list_actors(address=cluster.dashboard, limit=1000,
+                                   filters=[("state", "=", "ALIVE")])
+            if a.class_name == f"ServeReplica:onnxtwin:{model}"]
+
+
+@pytest.mark.slow
+def test_two_replicas_on_two_nodes_answer_bit_for_bit(files, two_nodes):
+    cluster, url = two_nodes
+    for model in ("cnn.torch", "transformer.torch"):
+        assert len({a.node_id for a in replicas(cluster, model)}) == 2
+    client = triton.InferenceServerClient(url)
+    assert {n: client.get_model_metadata(n) for n in ("cnn.torch", "transformer.torch")} == \
+        local_metadata(files)
+    assert_bit_identical(url, files)
+    # Concurrent one-row requests (batched together by @serve.batch) equal each row alone.
+    cnn = Session(files / "cnn.torch.onnx")
+    rows = [images(1, seed=s) for s in range(48)]
+    results: dict[int, bytes] = {}
+
+    def send(i: int) -> None:
+        results[i] = infer(url, "cnn.torch", "image", rows[i]).tobytes()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(rows))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(results[i] == cnn.run({"image": rows[i]})["logits"].tobytes()
+               for i in range(len(rows)))
+
+
+@pytest.mark.slow
+def test_a_killed_replica_costs_only_retryable_503s_and_comes_back(files, two_nodes):
+    """8 closed-loop clients for 10 s; the cnn replica on the worker node is killed after
+    3 s. Every answer is the right bits or a 503; none hangs past 30 s; Ray replaces the
+    replica; a request over the size limit gets 413 and the cluster stays ready."""
+    cluster, url = two_nodes
+    (victim,) = [a for a in replicas(cluster, "cnn.torch") if a.node_id != _head_node(cluster)]
+    cnn = Session(files / "cnn.torch.onnx")
+    rows = [images(1, seed=s) for s in range(16)]
+    expected = [cnn.run({"image": r})["logits"].tobytes() for r in rows]
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+    stop = time.monotonic() + 10
+
+    def count(outcome: str) -> None:
+        with lock:
+            outcomes[outcome] += 1
+
+    def client(c: int) -> None:
+        connection = triton.InferenceServerClient(url, network_timeout=30)
+        i = c
+        while time.monotonic() < stop:
+            tensor = triton.InferInput("image", [1, 1, 28, 28], "FP32")
+            tensor.set_data_from_numpy(rows[i % len(rows)])
+            try:
+                got = connection.infer("cnn.torch", [tensor]).as_numpy("logits").tobytes()
+                count("right bits" if got == expected[i % len(rows)] else "wrong bits")
+            except InferenceServerException as e:
+                count("hung" if "timed out" in str(e).lower() else f"HTTP {e.status()}")
+            except Exception as e:  # a connection reset: neither a status nor data
+                count(type(e).__name__)
+            i += 8
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    os.kill(victim.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    print(f"\noutcomes with the worker's replica killed: {dict(outcomes)}")
+    assert set(outcomes) <= {"right bits", "HTTP 503"}, outcomes
+    assert outcomes["right bits"] > 0
+    deadline = time.monotonic() + 120
+    while len({a.node_id for a in replicas(cluster, "cnn.torch")}) < 2:
+        assert time.monotonic() < deadline, "the replica did not come back within 120 s"
+        time.sleep(0.5)
+    print(f"replica back on the worker node {time.monotonic() - killed:.1f} s after the kill")
+    assert victim.pid not in {a.pid for a in replicas(cluster, "cnn.torch")}
+    assert_bit_identical(url, files)
+    # Over the 1 MiB limit: 413 in one line, then the cluster still answers.
+    big = images(1400)  # 4.4 MB
+    with pytest.raises(InferenceServerException) as e:
+        infer(url, "cnn.torch", "image", big)
+    assert e.value.status() == "413" and "expected at most 1048576 bytes" in str(e.value)
+    assert triton.InferenceServerClient(url).is_server_ready()
+    assert_bit_identical(url, files, rows=2)
+
+
+def _head_node(cluster) -> str:
+    from ray.util.state import list_nodes
+
+    (head,) = [n.node_id for n in list_nodes(address=cluster.dashboard) if n.is_head_node]
+    return head
