@@ -5,6 +5,7 @@ Ray process is left behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,7 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,17 +133,14 @@ def _stop(nodes: list[subprocess.Popen], temp_dir: Path) -> None:
         if not pids:
             break
         for pid in pids:
-            try:
+            with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         for node in nodes:
-            try:
+            with suppress(subprocess.TimeoutExpired):
                 node.wait(timeout=0.1)
-            except subprocess.TimeoutExpired:
-                pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"ray cluster: expected no process left, got {sorted(pids)}")
         time.sleep(0.2)
     for node in nodes:
         node.wait()
+    shutil.rmtree(temp_dir, ignore_errors=True)

@@ -30,16 +30,18 @@ COMMAND_OPTIONS = {
     "export": ["--model", "--framework", "--opset", "--cache", "--optimized", "--out",
                "--precision", "--trained", "--calibration", "--gate"],
     "check": ["--model", "--provider", "--opset", "--json", "--tolerance", "--trained",
-              "--precision", "--calibration", "--gate"],
+              "--precision", "--calibration", "--gate", "--ray"],
     "train": ["--model", "--framework", "--epochs", "--data", "--limit", "--provider"],
     "bench": ["--batch", "--seq", "--provider", "--rounds", "--calls", "--compile", "--startup",
               "--precision"],
     "providers": ["--help"],
     "run": ["--input", "--output", "--provider", "--strict", "--check-finite"],
     "serve": ["--provider", "--host", "--port", "--max-batch", "--max-delay-ms", "--max-queue",
-              "--max-request-mb", "--settings"],
+              "--max-request-mb", "--settings", "--ray", "--replicas", "--replica-cpus"],
     "deploy": ["--out", "--to", "--name", "--max-batch", "--max-delay-us", "--instances",
-               "--settings"],
+               "--settings", "--replicas", "--max-replicas", "--replicas-per-node",
+               "--replica-cpus", "--max-ongoing", "--host", "--port", "--max-request-mb",
+               "--max-run-mb"],
 }
 
 
@@ -114,7 +116,9 @@ def test_filtered_stderr_drops_only_the_named_lines(capfd):
 
 @pytest.mark.parametrize("module", ["onnxtwin.conformance.cli", "onnxtwin.runtime",
                                     "onnxtwin.runtime.serve.server",
-                                    "onnxtwin.runtime.serve.triton"])
+                                    "onnxtwin.runtime.serve.triton",
+                                    "onnxtwin.runtime.serve.ray_app",
+                                    "onnxtwin.runtime.serve.ray_config"])
 def test_cli_and_runtime_import_neither_torch_nor_tensorflow(module):
     code = textwrap.dedent(f"""
         import sys, {module}

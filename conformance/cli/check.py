@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -33,10 +34,12 @@ def _progress(shown):
                     TimeElapsedColumn(), console=shown, transient=shown.is_terminal)
 
 
-def run_and_report(selected: list, out: Path, options, json_out: bool = False) -> None:
+def run_and_report(selected: list, out: Path, options, json_out: bool = False,
+                   runner=None) -> None:
     """Check `selected` with CheckOptions `options`, write OUT/report.{json,md,html}, and
     show the result: tables and failures, or report.json on stdout with `json_out`.
-    Exit 1 if any comparison fails. The caller holds OUT's lock."""
+    Exit 1 if any comparison fails. The caller holds OUT's lock. `runner`: a
+    cluster.RayRunner that runs the models (None: here)."""
     from onnxtwin.conformance.orchestrator import check as run_check
     from onnxtwin.conformance.render import (
         ACCURACY_COLUMNS,
@@ -56,9 +59,12 @@ def run_and_report(selected: list, out: Path, options, json_out: bool = False) -
             task = progress.add_task(s.name, total=steps)
             return lambda text: progress.update(task, advance=1, description=text)
 
-        report = run_check(selected, out, options, on_model=on_model)
+        report = run_check(selected, out, options, on_model=on_model, runner=runner)
         document = report.to_dict()
         write_reports(document, out)
+    if runner is not None:
+        say(shown, f"ran on the Ray cluster at {runner.address}: " + ", ".join(
+            f"{s.name} on node {node}" for s, node in zip(selected, runner.nodes, strict=True)))
     if json_out:
         print(json.dumps(document, indent=2))
     else:
@@ -119,6 +125,10 @@ def check(
              )] = None,
     calibration: CalibrationOption = None,
     gate: GateOption = None,
+    ray: Annotated[str | None, typer.Option(
+        metavar="ADDRESS", help="Run each model as a task on the Ray cluster whose head is "
+                                "at ADDRESS (HOST:PORT, or auto); the files come back to OUT.")
+    ] = None,
 ) -> None:
     """Cross-check every path of every model; exit 0 if all pass, 1 if any fails, 2 on misuse.
 
@@ -130,7 +140,13 @@ def check(
     --spec entries of your own run at their `dims`: a pair's weights move from its
     `source` first; one framework is checked against its own float64 run; an ONNX file
     runs with optimisation off and on against onnx.reference.
+
+    --ray runs each model as a Ray task on a node of the cluster (one with a GPU for a
+    provider other than cpu; by default cpu, and cuda if the cluster has a GPU) and
+    writes OUT here: the files and report.json of a local run, but for timings and the
+    command line. Each node needs onnxtwin, and your files at the same paths.
     """
+    from onnxtwin.conformance.cluster import connected
     from onnxtwin.conformance.orchestrator import CheckOptions
     from onnxtwin.conformance.tolerances import load_tolerances
     from onnxtwin.export import FRAMEWORKS, check_request
@@ -150,12 +166,15 @@ def check(
     tolerances = load_tolerances(spec)
     if tolerance is not None:
         tolerances = tolerances.with_default("float32", tolerance)
-    options = CheckOptions(providers=_providers(provider), tolerances=tolerances, opset=opset,
-                           seed=seed, use_cache=cache, trained=trained, precisions=precisions,
-                           calibration=calibration, limits=limits_with(gate or []))
-    quiet_tensorflow()
-    with folder_lock(out):
-        run_and_report(selected, out, options, json_out)
+    requested = tuple(provider.split(",")) if provider else None  # --ray: usable on a node
+    options = CheckOptions(providers=requested if ray else _providers(provider),
+                           tolerances=tolerances, opset=opset, seed=seed, use_cache=cache,
+                           trained=trained, precisions=precisions, calibration=calibration,
+                           limits=limits_with(gate or []))
+    if not ray:
+        quiet_tensorflow()  # the twins are built here
+    with (connected(ray, spec) if ray else nullcontext()) as runner, folder_lock(out):
+        run_and_report(selected, out, options, json_out, runner)
 
 
 @app.command(rich_help_panel=PANEL)
