@@ -48,36 +48,53 @@ def request_body(name: str, array: np.ndarray) -> tuple[bytes, dict[str, str]]:
 
 def load(port: int, model: str, requests: list[tuple[bytes, dict]], expected: list[bytes],
          clients: int, seconds: float) -> dict:
-    """`clients` closed loops for `seconds`; latencies of the requests that completed."""
+    """`clients` closed loops for `seconds`; latencies of the requests answered with 200
+    (`wrong`: those whose logits differ), `errors`: those answered otherwise or not at all
+    (the client then reconnects)."""
     import tritonclient.http as triton
 
     latencies: list[float] = []
-    wrong = [0]
+    wrong, errors = [0], [0]
     lock = threading.Lock()
     stop = time.perf_counter() + seconds
 
-    def client(c: int) -> None:
+    def connect() -> http.client.HTTPConnection:
         connection = http.client.HTTPConnection("127.0.0.1", port)
         connection.connect()  # no Nagle: http.client sends headers and body separately
         connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        mine, k = [], c
+        return connection
+
+    def client(c: int) -> None:
+        connection, mine, bad, failed, k = None, [], 0, 0, c
         while time.perf_counter() < stop:
             body, headers = requests[k % len(requests)]
             start = time.perf_counter()
-            connection.request("POST", f"/v2/models/{model}/infer", body, headers)
-            response = connection.getresponse()
-            content = response.read()
-            mine.append(time.perf_counter() - start)
-            length = response.getheader("Inference-Header-Content-Length")
-            result = triton.InferenceServerClient.parse_response_body(
-                content, header_length=int(length) if length else None)
-            if response.status != 200 or \
-                    result.as_numpy("logits").tobytes() != expected[k % len(requests)]:
-                with lock:
-                    wrong[0] += 1
+            try:
+                connection = connection or connect()
+                connection.request("POST", f"/v2/models/{model}/infer", body, headers)
+                response = connection.getresponse()
+                content = response.read()
+            except (OSError, http.client.HTTPException):
+                failed += 1
+                if connection:
+                    connection.close()
+                connection = None
+                continue
+            if response.status != 200:
+                failed += 1
+            else:
+                mine.append(time.perf_counter() - start)
+                length = response.getheader("Inference-Header-Content-Length")
+                result = triton.InferenceServerClient.parse_response_body(
+                    content, header_length=int(length) if length else None)
+                bad += result.as_numpy("logits").tobytes() != expected[k % len(requests)]
             k += clients
+        if connection:
+            connection.close()
         with lock:
             latencies.extend(mine)
+            wrong[0] += bad
+            errors[0] += failed
 
     begin = time.perf_counter()
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
@@ -87,15 +104,16 @@ def load(port: int, model: str, requests: list[tuple[bytes, dict]], expected: li
         t.join()
     elapsed = time.perf_counter() - begin
     ms = np.array(latencies) * 1000
+    p50, p99 = (round(float(np.percentile(ms, q)), 3) for q in (50, 99)) if latencies \
+        else (None, None)
     return {"clients": clients, "requests": len(latencies), "wrong": wrong[0],
-            "throughput_per_s": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+            "errors": errors[0], "throughput_per_s": round(len(latencies) / elapsed, 1),
+            "p50_ms": p50, "p99_ms": p99}
 
 
-def serve(path: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:
+def serve(paths: list[Path], extra: list[str]) -> tuple[subprocess.Popen, int]:
     cli = [sys.executable, "-c", "from onnxtwin.conformance.cli import main; main()"]
-    process = subprocess.Popen([*cli, "serve", str(path), "--port", "0", *extra],
+    process = subprocess.Popen([*cli, "serve", *map(str, paths), "--port", "0", *extra],
                                stdout=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     return process, int(line.split("http://")[1].split("/")[0].split(":")[1])
@@ -122,7 +140,7 @@ def main() -> None:
             expected = [session.run(r)["logits"].tobytes() for r in rows]
             model = path.name.removesuffix(".onnx")
             for mode, extra in MODES.items():
-                process, port = serve(path, extra)
+                process, port = serve([path], extra)
                 try:
                     for clients in CLIENTS:
                         point = {"model": name, "mode": mode,
@@ -130,7 +148,8 @@ def main() -> None:
                         results.append(point)
                         print(f"{name:12} {mode:20} {clients:3} clients: "
                               f"{point['throughput_per_s']:8.1f}/s  p50 {point['p50_ms']:7.2f}"
-                              f" ms  p99 {point['p99_ms']:7.2f} ms  wrong {point['wrong']}",
+                              f" ms  p99 {point['p99_ms']:7.2f} ms  wrong {point['wrong']}"
+                              f"  errors {point['errors']}",
                               flush=True)
                 finally:
                     process.terminate()
