@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from serving import CLIENTS, load, request_body, serve
 
+from onnxtwin.runtime.files import atomic_path
 from onnxtwin.runtime.serve.ray_app import APP, INGRESS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,8 +289,10 @@ def main() -> None:
         "wall_s": round(time.perf_counter() - begin, 1),
         "summary": summary, "ratios": ratios, "points": points}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(document, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(document))
+    for path, text in ((args.out, json.dumps(document, indent=1) + "\n"),
+                       (args.out.with_suffix(".md"), markdown(document))):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
     print(markdown(document))
 
 

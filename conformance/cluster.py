@@ -26,7 +26,7 @@ from onnxtwin.builders.entries import EntrySpec
 from onnxtwin.builders.signature import ModelSpec
 from onnxtwin.conformance.matrix import ModelResult
 from onnxtwin.conformance.orchestrator import CheckOptions, OnModel, check_model, select_providers
-from onnxtwin.runtime.cluster import check_address, import_ray
+from onnxtwin.runtime.cluster import check_address, import_ray, joining
 from onnxtwin.runtime.errors import OnnxtwinError, first_line
 from onnxtwin.runtime.files import atomic_path, inside
 from onnxtwin.runtime.providers import provider_name
@@ -44,11 +44,8 @@ def connected(address: str, spec_file: Path | None) -> Iterator[RayRunner]:
     leave it on exit whatever happens; its tasks end with the connection."""
     ray = import_ray()
     check_address(address)
-    try:
+    with joining(address):
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise OnnxtwinError(f"--ray: expected a Ray cluster at {address}, got "
-                            f"{first_line(e)}") from None
     try:
         yield RayRunner(address, spec_file)
     finally:

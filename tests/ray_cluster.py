@@ -26,6 +26,7 @@ class Cluster:
     address: str  # host:port of the head's GCS, for `ray.init` and `ray start --address`
     dashboard: str  # http://host:port: Ray's state API and `serve deploy`
     temp_dir: Path
+    metrics: tuple[str, ...]  # each node's Prometheus endpoint (http://host:port/metrics)
 
 
 def free_port() -> int:
@@ -85,6 +86,7 @@ def local_cluster(worker_nodes: int = 1, cpus: float = 2, worker_resources: str 
     on exit every process they started is killed, and the exit fails if one survives."""
     temp_dir = Path(tempfile.mkdtemp(prefix="otray-", dir="/tmp"))  # short: socket paths
     port, dashboard = free_port(), free_port()
+    metrics = [free_port() for _ in range(1 + worker_nodes)]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "ONNXTWIN_RAY_TEST": str(temp_dir)}
     common = ["--block", "--disable-usage-stats", f"--num-cpus={cpus}"]
     starts = [[RAY, "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}",
@@ -93,15 +95,18 @@ def local_cluster(worker_nodes: int = 1, cpus: float = 2, worker_resources: str 
                f"--ray-client-server-port={free_port()}", *common]]
     starts += [[RAY, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
                 *([f"--resources={worker_resources}"] if worker_resources else []), *common]
-               ] * worker_nodes
+               for _ in range(worker_nodes)]
+    for command, metrics_port in zip(starts, metrics, strict=True):
+        command.append(f"--metrics-export-port={metrics_port}")
     nodes: list[subprocess.Popen] = []
     try:
         for i, command in enumerate(starts):
-            log = open(temp_dir / f"node{i}.log", "wb")  # noqa: SIM115 (closed with the node)
-            nodes.append(subprocess.Popen(command, env=env, stdout=log, stderr=log,
-                                          start_new_session=True))
+            with open(temp_dir / f"node{i}.log", "wb") as log:  # the node keeps its own fd
+                nodes.append(subprocess.Popen(command, env=env, stdout=log, stderr=log,
+                                              start_new_session=True))
             _wait_for_nodes(f"127.0.0.1:{port}", i + 1, nodes, temp_dir)
-        yield Cluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", temp_dir)
+        yield Cluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", temp_dir,
+                      tuple(f"http://127.0.0.1:{m}/metrics" for m in metrics))
     finally:
         _stop(nodes, temp_dir)
 
@@ -114,8 +119,12 @@ def _wait_for_nodes(address: str, count: int, nodes: list[subprocess.Popen],
             if node.poll() is not None:
                 raise RuntimeError(f"ray node {i} exited with {node.returncode}: "
                                    f"{(temp_dir / f'node{i}.log').read_text()[-2000:]}")
-        status = subprocess.run([RAY, "status", f"--address={address}"], capture_output=True,
-                                text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        try:
+            status = subprocess.run([RAY, "status", f"--address={address}"], text=True,
+                                    capture_output=True, timeout=START_TIMEOUT_S,
+                                    env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        except subprocess.TimeoutExpired:
+            continue
         if status.returncode == 0 and status.stdout.count(" node_") >= count:
             return
         time.sleep(0.5)

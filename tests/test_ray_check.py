@@ -123,12 +123,18 @@ def test_a_bad_address_is_one_line_and_writes_nothing(tmp_path, address, said):
     assert not (tmp_path / "out").exists()
 
 
-def test_without_ray_installed_ray_is_one_line_saying_what_to_install(tmp_path):
+@pytest.mark.parametrize("args", [
+    ["check", "-m", "cnn", "--ray", "127.0.0.1:6379", "--out", "{out}"],
+    ["serve", "{model}", "--ray", "127.0.0.1:6379"],
+    ["deploy", "{model}", "--to", "ray", "--out", "{out}"],
+])
+def test_without_ray_installed_ray_is_one_line_saying_what_to_install(tmp_path, args):
     hidden = "import sys; sys.modules['ray'] = None; " + CLI[-1]  # `import ray` then fails
-    result = subprocess.run([sys.executable, "-c", hidden, "check", "-m", "cnn", "--ray",
-                             "127.0.0.1:6379", "--out", str(tmp_path / "out")],
+    option = "--to ray" if "--to" in args else "--ray"
+    args = [a.format(out=tmp_path / "out", model=tmp_path / "model.onnx") for a in args]
+    result = subprocess.run([sys.executable, "-c", hidden, *args],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("error: --ray: expected ray installed (pip install "
+    assert result.stderr.startswith(f"error: {option}: expected ray installed (pip install "
                                     "'onnxtwin[ray]'), got ")
     assert result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()

@@ -16,9 +16,12 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tritonclient.http as triton
 import yaml
@@ -27,7 +30,8 @@ from tritonclient.utils import InferenceServerException
 from onnxtwin.export import export_model
 from onnxtwin.runtime import Session
 from tests.cli_runner import CLI, onnxtwin
-from tests.ray_cluster import free_port, local_cluster, ray_processes
+from tests.ray_cluster import free_port, local_cluster
+from tests.test_hostile_files import external_data_model
 from tests.test_serving import images, infer, serving, tokens
 
 SERVE = str(Path(sys.executable).with_name("serve"))
@@ -94,10 +98,13 @@ def test_deploy_writes_an_application_that_ray_serve_accepts(files, tmp_path):
     assert f"serve run {out}/serve_config.yaml --working-dir {out} --address HEAD:6379" in \
         result.stdout
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
-        "models", "models/cnn.torch.onnx", "models/transformer.torch.onnx", "onnxtwin_app.py",
+        "models", "models/cnn.torch", "models/cnn.torch/cnn.torch.onnx", "models/transformer.torch",
+        "models/transformer.torch/transformer.torch.onnx", "onnxtwin_app.py",
         "serve_config.yaml"]
     for f in served_files(files):
-        assert (out / "models" / Path(f).name).read_bytes() == Path(f).read_bytes()
+        name = Path(f).name
+        assert (out / "models" / name.removesuffix(".onnx") / name).read_bytes() == \
+            Path(f).read_bytes()
     config = yaml.safe_load((out / "serve_config.yaml").read_text())
     schema = ServeDeploySchema.model_validate(config)  # Ray's own schema
     (application,) = schema.applications
@@ -111,7 +118,7 @@ def test_deploy_writes_an_application_that_ray_serve_accepts(files, tmp_path):
         assert d.ray_actor_options.model_dump(exclude_unset=True) == {"num_cpus": 0.5,
                                                                       "num_gpus": 0}
         args = application.args["models"][name]
-        assert args == {"file": f"models/{name}.onnx", "provider": "cpu", "max_batch": 16,
+        assert args == {"file": f"models/{name}/{name}.onnx", "provider": "cpu", "max_batch": 16,
                         "max_delay_ms": 2.0, "settings": {}}
     assert application.args["options"]["max_request_bytes"] == 2 * 2**20
     # The module imports onnxtwin.runtime and Ray, never torch or TensorFlow.
@@ -134,6 +141,22 @@ def test_deploy_autoscaling_and_cuda_ask_ray_for_bounds_and_a_gpu(files, tmp_pat
     assert deployment["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4}
     assert "num_replicas" not in deployment
     assert deployment["ray_actor_options"]["num_gpus"] == 1
+
+
+def test_deploy_keeps_two_models_external_data_apart(tmp_path):
+    """Two files whose external data share a name (data/w.bin): each model's own folder."""
+    from onnxtwin.runtime.serve.ray_config import RayOptions, write_app
+
+    first, w = external_data_model(tmp_path / "a")
+    second = external_data_model(tmp_path / "b")[0].rename(tmp_path / "b" / "other.onnx")
+    (tmp_path / "b" / "data" / "w.bin").write_bytes((-w).tobytes())
+    config = write_app([first, second], tmp_path / "app", RayOptions())
+    x = np.linspace(-1, 1, 512, dtype=np.float32).reshape(2, 256)
+    for name, expected in (("ext", x + w), ("other", x - w)):
+        file = config["applications"][0]["args"]["models"][name]["file"]
+        assert file == f"models/{name}/{name}.onnx"
+        np.testing.assert_array_equal(Session(tmp_path / "app" / file).run({"x": x})["y"],
+                                      expected)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -173,39 +196,66 @@ def test_triton_options_are_refused_for_ray_and_ray_options_for_triton(files, tm
 # --- serve --ray on a one-node cluster (fast tier) ---
 
 def test_serve_ray_answers_like_onnxtwin_serve_on_a_one_node_cluster(files, tmp_path):
-    """`onnxtwin serve --ray` deploys the files, answers bit for bit, and deletes its
-    application on SIGTERM; then the cluster is stopped with nothing left behind."""
+    """`onnxtwin serve --ray` deploys the files, answers bit for bit, maps a replica's
+    refusals to the protocol's statuses, and deletes its application on SIGTERM; then the
+    cluster is stopped with nothing left behind."""
     port = free_port()
+    url = f"127.0.0.1:{port}"
     with local_cluster(worker_nodes=0) as cluster:
         log = tmp_path / "serve.log"
         with log.open("wb") as sink:
             process = subprocess.Popen(
                 [*CLI, "serve", *served_files(files), "--ray", cluster.address, "--port",
-                 str(port), "--replica-cpus", "0.5"], stdout=sink, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                 str(port), "--replica-cpus", "0.5", "--max-run-mb", "4"], stdout=sink,
+                stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            client = wait_ready(f"127.0.0.1:{port}", process, log)
+            client = wait_ready(url, process, log)
             assert {n: client.get_model_metadata(n) for n in ("cnn.torch", "transformer.torch")
                     } == local_metadata(files)
-            assert_bit_identical(f"127.0.0.1:{port}", files)
+            assert_bit_identical(url, files)
+            # Refused in the replica (a wrong shape; a run over --max-run-mb) or the ingress.
+            with pytest.raises(InferenceServerException) as e:
+                infer(url, "cnn.torch", "image", images(2)[:, 0])
+            assert (e.value.status(), e.value.message()) == ("400", (
+                "input 'image': expected float32[batch, 1, 28, 28], got float32[2, 28, 28]"))
+            with pytest.raises(InferenceServerException) as e:
+                infer(url, "cnn.torch", "image", images(2000))
+            assert e.value.status() == "413" and "4 MiB" in e.value.message(), e.value
+            with pytest.raises(InferenceServerException) as e:
+                client.get_model_metadata("nope")
+            assert e.value.status() == "404"
             process.send_signal(signal.SIGTERM)
             assert process.wait(60) == 0, log.read_text()[-3000:]
         finally:
             process.kill()
         text = log.read_text()
-        assert f"serving cnn.torch, transformer.torch at http://127.0.0.1:{port}/v2 on the " \
-               f"Ray cluster {cluster.address}" in text
-        with pytest.raises(Exception):  # noqa: B017 (refused or reset: the app is gone)
-            triton.InferenceServerClient(f"127.0.0.1:{port}").get_model_metadata("cnn.torch")
-    assert ray_processes(cluster.temp_dir) == []
+        assert f"serving cnn.torch, transformer.torch at http://{url}/v2 on the Ray " \
+               f"cluster {cluster.address}" in text
+        assert metadata_status(url, "cnn.torch") in {404, 503, "refused"}  # the app is gone
 
 
-def test_serve_ray_with_a_bad_address_is_one_line(files):
-    result = onnxtwin("serve", str(files / "cnn.torch.onnx"), "--ray", "127.0.0.1:1",
+def metadata_status(url: str, model: str) -> int | str:
+    """The HTTP status of a model's metadata request, or "refused" without a listener."""
+    try:
+        with urllib.request.urlopen(f"http://{url}/v2/models/{model}", timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, ConnectionError):
+        return "refused"
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "--ray: expected a Ray cluster listening at 127.0.0.1:1, got Connection refused"),
+    (["--idle-timeout", "3"], "--idle-timeout: expected it only without --ray (Ray's HTTP "
+                              "proxies hold the connections), got --ray"),
+    (["--port", "0"], "port: expected a number from 1 to 65535, got 0"),
+])
+def test_serve_ray_bad_input_is_one_line(files, args, message):
+    result = onnxtwin("serve", str(files / "cnn.torch.onnx"), "--ray", "127.0.0.1:1", *args,
                       timeout=120)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("error: --ray: expected a Ray cluster listening at "
-                                     "127.0.0.1:1, got Connection refused")
+    assert result.stderr.startswith(f"error: {message}")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
@@ -214,12 +264,14 @@ def test_serve_ray_with_a_bad_address_is_one_line(files):
 @pytest.fixture(scope="module")
 def two_nodes(files, tmp_path_factory):
     """A head and a worker node with the app deployed by the README's `serve run` line:
-    two replicas per model, one per node; requests over 1 MiB refused."""
+    two replicas per model, one per node; a batch waits 10 ms for company; requests over
+    1 MiB refused."""
     out = tmp_path_factory.mktemp("ray-app") / "app"
     port = free_port()
     result = onnxtwin("deploy", *served_files(files), "--to", "ray", "--out", str(out),
                       "--replicas", "2", "--replicas-per-node", "1", "--replica-cpus", "0.5",
-                      "--port", str(port), "--max-request-mb", "1", timeout=300)
+                      "--port", str(port), "--max-request-mb", "1", "--max-delay-us", "10000",
+                      timeout=300)
     assert result.returncode == 0, result.stderr
     with local_cluster(worker_nodes=1) as cluster:
         log = out.parent / "serve.log"
@@ -230,11 +282,21 @@ def two_nodes(files, tmp_path_factory):
                 start_new_session=True, cwd=out.parent)
         try:
             wait_ready(f"127.0.0.1:{port}", process, log)
+            for model in ("cnn.torch", "transformer.torch"):
+                spread_over_two_nodes(cluster, model)
             yield cluster, f"127.0.0.1:{port}"
         finally:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    assert ray_processes(cluster.temp_dir) == []
+
+
+def spread_over_two_nodes(cluster, model: str, timeout_s: float = 120) -> None:
+    """Wait until `model`'s live replicas are on both nodes (Ray answers as soon as one
+    replica per model runs)."""
+    deadline = time.monotonic() + timeout_s
+    while len({a.node_id for a in replicas(cluster, model)}) < 2:
+        assert time.monotonic() < deadline, f"{model}: not on two nodes within {timeout_s} s"
+        time.sleep(0.5)
 
 
 def replicas(cluster, model: str) -> list:
@@ -255,7 +317,7 @@ def test_two_replicas_on_two_nodes_answer_bit_for_bit(files, two_nodes):
     assert {n: client.get_model_metadata(n) for n in ("cnn.torch", "transformer.torch")} == \
         local_metadata(files)
     assert_bit_identical(url, files)
-    # Concurrent one-row requests (batched together by @serve.batch) equal each row alone.
+    # Concurrent one-row requests equal each row alone...
     cnn = Session(files / "cnn.torch.onnx")
     rows = [images(1, seed=s) for s in range(48)]
     results: dict[int, bytes] = {}
@@ -270,6 +332,30 @@ def test_two_replicas_on_two_nodes_answer_bit_for_bit(files, two_nodes):
         t.join(60)
     assert all(results[i] == cnn.run({"image": rows[i]})["logits"].tobytes()
                for i in range(len(rows)))
+    # ... and some of them did run together: Ray Serve's own metrics of @serve.batch.
+    deadline, batched = time.monotonic() + 90, (0.0, 0.0)
+    while True:  # the nodes export metrics every few seconds: read until two reads agree
+        time.sleep(5)
+        previous, batched = batched, batches(cluster, "cnn.torch")
+        if batched == previous and batched[0] > 0:
+            break
+        assert time.monotonic() < deadline, f"no settled @serve.batch metrics: {batched}"
+    print(f"\n@serve.batch of cnn.torch: {batched[1]:.0f} requests in {batched[0]:.0f} calls")
+    assert batched[1] > batched[0]
+
+
+def batches(cluster, model: str) -> tuple[float, float]:
+    """(calls, requests) of `model`'s @serve.batch function, summed over the replicas, from
+    Ray's Prometheus metric serve_actual_batch_size on every node."""
+    totals = {"count": 0.0, "sum": 0.0}
+    for url in cluster.metrics:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            for line in response.read().decode().splitlines():
+                for kind in totals:
+                    if line.startswith(f"ray_serve_actual_batch_size_{kind}{{") and \
+                            f'deployment="{model}"' in line:
+                        totals[kind] += float(line.rsplit(" ", 1)[1])
+    return totals["count"], totals["sum"]
 
 
 @pytest.mark.slow
@@ -317,10 +403,7 @@ def test_a_killed_replica_costs_only_retryable_503s_and_comes_back(files, two_no
     print(f"\noutcomes with the worker's replica killed: {dict(outcomes)}")
     assert set(outcomes) <= {"right bits", "HTTP 503"}, outcomes
     assert outcomes["right bits"] > 0
-    deadline = time.monotonic() + 120
-    while len({a.node_id for a in replicas(cluster, "cnn.torch")}) < 2:
-        assert time.monotonic() < deadline, "the replica did not come back within 120 s"
-        time.sleep(0.5)
+    spread_over_two_nodes(cluster, "cnn.torch")
     print(f"replica back on the worker node {time.monotonic() - killed:.1f} s after the kill")
     assert victim.pid not in {a.pid for a in replicas(cluster, "cnn.torch")}
     assert_bit_identical(url, files)

@@ -43,10 +43,19 @@ def test_the_readme_example_runs_as_written_and_gives_its_figures(tmp_path):
                    if line.split()[:1] == [model["name"]])
         against = [c["max_abs"] for c in model["comparisons"] if c["expected"] == "oracle"]
         assert row[1] == str(len(model["paths"])) and row[2] == str(len(model["comparisons"]))
-        assert row[3] == f"{max(against):.2e}" and row[-1] == "pass"
+        assert near(row[3], max(against)) and row[-1] == "pass", (row, max(against))
     assert report["summary"]["comparisons"] == 38
-    gates = {(m["name"], e["framework"]): f"{max(g['max_abs'] for g in e['gate']):.2e}"
+    gates = {(m["name"], e["framework"]): max(g["max_abs"] for g in e["gate"])
              for m in report["models"] for e in m["exports"]}
     quoted = re.search(r"framework: (\S+) for each CNN file, (\S+) for the tagger\)", text)
-    assert gates == {("small-cnn", "torch"): quoted[1], ("small-cnn", "keras"): quoted[1],
-                     ("my-tagger", "torch"): quoted[2]}
+    assert sorted(gates) == [("my-tagger", "torch"), ("small-cnn", "keras"),
+                             ("small-cnn", "torch")]
+    for (name, _), error in gates.items():
+        assert near(quoted[1 if name == "small-cnn" else 2], error), (name, error)
+
+
+def near(quoted: str, measured: float) -> bool:
+    """Whether a README figure is what this machine measures, within a factor of 2: the
+    figures are one machine's, and float32 errors' last digits move with the CPU (PyTorch
+    and onnxruntime pick their kernels by instruction set)."""
+    return float(quoted) / 2 <= measured <= 2 * float(quoted)

@@ -91,17 +91,20 @@ def serve(
     max_inflight_mb: Annotated[float | None, typer.Option(
         help="Request bodies held at once over all connections; more gets HTTP 503. "
              "Default: 4 x --max-request-mb.")] = None,
-    header_timeout: Annotated[float, typer.Option(
-        help="Seconds for a request's headers to arrive; the connection closes after.")
-    ] = 10.0,
+    header_timeout: Annotated[float | None, typer.Option(
+        help="Seconds for a request's headers to arrive; the connection closes after "
+             "(default 10; not with --ray).")] = None,
     body_timeout: Annotated[float, typer.Option(
         help="Seconds for a request's body to arrive; HTTP 408 after.")] = 60.0,
-    idle_timeout: Annotated[float, typer.Option(
-        help="Seconds an idle keep-alive connection stays open.")] = 5.0,
-    max_connections: Annotated[int, typer.Option(
-        help="Open connections; one more is closed as soon as it is accepted.")] = 1000,
+    idle_timeout: Annotated[float | None, typer.Option(
+        help="Seconds an idle keep-alive connection stays open (default 5; not with "
+             "--ray).")] = None,
+    max_connections: Annotated[int | None, typer.Option(
+        help="Open connections; one more is closed as soon as it is accepted (default "
+             "1000; not with --ray).")] = None,
     strict: Annotated[bool, typer.Option(
-        help="Fail if the provider cannot run here, instead of falling back to CPU.")] = False,
+        help="Fail if the provider cannot run here, instead of falling back to CPU (Ray "
+             "replicas always fail).")] = False,
     settings: SettingsOption = None,
     ray: Annotated[str | None, typer.Option(
         help="Serve on the Ray cluster at this address (HOST:PORT of its head) with Ray "
@@ -123,6 +126,14 @@ def serve(
     from onnxtwin.runtime.serve.server import ServeOptions, model_names
     from onnxtwin.runtime.serve.server import serve as run_server
 
+    connections = {name: value for name, value in (
+        ("header_timeout", header_timeout), ("idle_timeout", idle_timeout),
+        ("max_connections", max_connections)) if value is not None}
+    if ray is not None and connections:
+        raise OnnxtwinError(f"--{next(iter(connections)).replace('_', '-')}: expected it only "
+                            f"without --ray (Ray's HTTP proxies hold the connections), got "
+                            f"--ray")
+    defaults = ServeOptions()
     options = ServeOptions(
         max_batch=int(bounded("max_batch", max_batch, 0, 65536)),
         max_delay_ms=bounded("max_delay_ms", max_delay_ms, 0, 60_000),
@@ -132,10 +143,13 @@ def serve(
         max_run_s=bounded("max_run_s", max_run_s, 0.001, 86_400),
         max_inflight_bytes=None if max_inflight_mb is None else
         mebibytes("max_inflight_mb", max_inflight_mb),
-        header_timeout_s=bounded("header_timeout", header_timeout, 0.001, 3600),
+        header_timeout_s=bounded("header_timeout", connections.get(
+            "header_timeout", defaults.header_timeout_s), 0.001, 3600),
         body_timeout_s=bounded("body_timeout", body_timeout, 0.001, 3600),
-        idle_timeout_s=bounded("idle_timeout", idle_timeout, 0.001, 3600),
-        max_connections=int(bounded("max_connections", max_connections, 1, 2**20)))
+        idle_timeout_s=bounded("idle_timeout", connections.get(
+            "idle_timeout", defaults.idle_timeout_s), 0.001, 3600),
+        max_connections=int(bounded("max_connections", connections.get(
+            "max_connections", defaults.max_connections), 1, 2**20)))
     chosen = session_settings(settings, models)
     if ray is not None:
         from onnxtwin.runtime.serve.ray_config import RayOptions, serve_on_cluster

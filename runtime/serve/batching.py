@@ -89,7 +89,7 @@ class Scheduler:
         if not self.max_batch:
             return _Request(arrays, 1, (), {})
         # Batching: every input has the batch dim first.
-        return _Request(arrays, _rows(arrays), _key(arrays), self.session.run_dims(arrays))
+        return _Request(arrays, row_count(arrays), _key(arrays), self.session.run_dims(arrays))
 
     async def _work(self) -> None:
         while self._waiting or not self._closing:
@@ -167,7 +167,7 @@ def run_batch(session: Session, requests: list[dict[str, np.ndarray]],
     for i, arrays in enumerate(requests):
         for group in groups if batch else ():
             first = requests[group[0]]
-            total = sum(_rows(requests[j]) for j in (*group, i))
+            total = sum(row_count(requests[j]) for j in (*group, i))
             if _key(first) == _key(arrays) and (max_rows is None or total <= max_rows) \
                     and fits(session, session.run_dims(first), batch, total):
                 group.append(i)
@@ -188,7 +188,8 @@ def _key(arrays: dict[str, np.ndarray]) -> tuple:
     return tuple((k, a.dtype.str, a.shape[1:]) for k, a in arrays.items())
 
 
-def _rows(arrays: dict[str, np.ndarray]) -> int:
+def row_count(arrays: dict[str, np.ndarray]) -> int:
+    """A request's rows: its inputs' first dim."""
     return len(next(iter(arrays.values())))
 
 
@@ -208,7 +209,7 @@ def _run_group(session: Session, group: list[dict[str, np.ndarray]]) -> list:
 def _split(session: Session, group: list[dict[str, np.ndarray]],
            outputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     """Each request's rows of a batched run's outputs."""
-    counts = [_rows(r) for r in group]
+    counts = [row_count(r) for r in group]
     rows = sum(counts)
     for name, value in outputs.items():
         if value.shape[:1] != (rows,):

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from ray import serve
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import (
     BackPressureError,
     DeploymentUnavailableError,
@@ -32,6 +32,7 @@ from onnxtwin.runtime.serve.batching import (
     as_unavailable,
     batch_dim,
     batch_invariant,
+    row_count,
     run_batch,
 )
 from onnxtwin.runtime.serve.server import ServeOptions, check_servable, protocol_app
@@ -44,7 +45,9 @@ its model)."""
 
 @serve.deployment
 class OnnxModel:
-    """One ONNX file: a session per replica; requests' rows batched up to `max_batch`."""
+    """One ONNX file: a session per replica; requests' rows batched up to `max_batch`, one
+    run at a time (as `onnxtwin serve` runs them: `max_run_bytes` bounds the replica's
+    memory, not each of up to `max_ongoing_requests` concurrent runs)."""
 
     def __init__(self, name: str, file: str, provider: str, max_batch: int,
                  max_delay_ms: float, settings: dict[str, Any], options: dict[str, Any]) -> None:
@@ -53,6 +56,7 @@ class OnnxModel:
         check_servable(name, self.session)
         unbatched = not batch_dim(self.session) or batch_invariant(self.session)
         self.max_batch = 0 if unbatched else max_batch
+        self._one_run = asyncio.Lock()
         if self.max_batch:
             self._batched.set_max_batch_size(self.max_batch)
             self._batched.set_batch_wait_timeout_s(max_delay_ms / 1000)
@@ -68,17 +72,21 @@ class OnnxModel:
             arrays = self.session.validate(inputs)
         except OnnxtwinError as e:
             return e
-        if not self.max_batch or len(next(iter(arrays.values()))) > self.max_batch:
-            result = (await asyncio.to_thread(run_batch, self.session, [arrays]))[0]
+        if not self.max_batch or row_count(arrays) > self.max_batch:
+            result = (await self._run([arrays]))[0]
         else:
             result = await self._batched(arrays)
         return as_unavailable(result) if isinstance(result, Exception) else result
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0,
-                 batch_size_fn=lambda requests: sum(len(next(iter(r.values())))
-                                                    for r in requests))
+                 batch_size_fn=lambda requests: sum(map(row_count, requests)))
     async def _batched(self, requests: list[dict[str, np.ndarray]]) -> list:
-        return await asyncio.to_thread(run_batch, self.session, requests, self.max_batch)
+        return await self._run(requests, self.max_batch)
+
+    async def _run(self, requests: list[dict[str, np.ndarray]],
+                   max_rows: int | None = None) -> list:
+        async with self._one_run:
+            return await asyncio.to_thread(run_batch, self.session, requests, max_rows)
 
 
 class _RemoteModel:
@@ -97,8 +105,8 @@ class _RemoteModel:
             raise cause if isinstance(cause, OnnxtwinError) else \
                 Unavailable(f"model {self.name!r}: expected a result, got "
                             f"{first_line(cause or e)}") from None
-        except (RayActorError, BackPressureError, DeploymentUnavailableError,
-                ReplicaUnavailableError) as e:
+        except (RayError, BackPressureError, DeploymentUnavailableError,
+                ReplicaUnavailableError) as e:  # a lost actor or object, a cancel, a full queue
             raise Unavailable(f"model {self.name!r}: expected a replica to answer, got "
                               f"{type(e).__name__} (retry)") from None
         if isinstance(result, Exception):

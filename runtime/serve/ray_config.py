@@ -4,24 +4,29 @@
     OUT/serve_config.yaml    Ray Serve's config: replicas or autoscaling bounds,
                              max_ongoing_requests and resources per model deployment;
                              batching, provider and request bounds as the app's args
-    OUT/models/NAME.onnx     the files (and their external data), served as NAME
+    OUT/models/NAME/FILE     each file (and its external data, which may share names
+                             with another model's), served as NAME
 
 OUT is Ray's working directory (`serve run OUT/serve_config.yaml --working-dir OUT`): Ray
 ships it to every node. The config is checked with Ray Serve's own schema, and the
 application built from it, before the folder is renamed into place; an existing OUT is
-refused. Ray is imported only here and in ray_app.
+refused.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxtwin.runtime.errors import OnnxtwinError, first_line
+from onnxtwin.runtime.cluster import check_address, import_ray, joining
+from onnxtwin.runtime.errors import OnnxtwinError
 from onnxtwin.runtime.files import temporary_name
 from onnxtwin.runtime.serve.server import ServeOptions, check_servable, model_names
 from onnxtwin.runtime.serve.triton import external_data
@@ -135,6 +140,7 @@ def write_app(models: list[Path], out: Path, options: RayOptions,
     exist: nothing is written otherwise. `settings`: runtime.Session keywords by file."""
     import yaml
 
+    import_ray("--to ray")  # one line if missing: the config is checked with Ray's schema
     if out.exists() or out.is_symlink():
         raise OnnxtwinError(f"--out {out}: expected a folder that does not exist yet, got "
                             f"an existing one (remove it or choose another)")
@@ -142,7 +148,7 @@ def write_app(models: list[Path], out: Path, options: RayOptions,
     for name, path in named.items():
         check_servable(name, Session(path, "cpu"))
     data = {name: external_data(path) for name, path in named.items()}
-    config = serve_config({name: f"models/{path.name}" for name, path in named.items()},
+    config = serve_config({name: f"models/{name}/{path.name}" for name, path in named.items()},
                           options, {name: (settings or {}).get(path, {})
                                     for name, path in named.items()})
     check_config(config)
@@ -151,12 +157,13 @@ def write_app(models: list[Path], out: Path, options: RayOptions,
                             f"no folder {out.parent}")
     staging = out.parent / temporary_name(out.name)
     try:
-        (staging / "models").mkdir(parents=True)
         for name, path in named.items():
-            shutil.copyfile(path, staging / "models" / path.name)
+            folder = staging / "models" / name
+            folder.mkdir(parents=True)
+            shutil.copyfile(path, folder / path.name)
             for location in data[name]:
-                (staging / "models" / location).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path.parent / location, staging / "models" / location)
+                (folder / location).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path.parent / location, folder / location)
         (staging / f"{MODULE}.py").write_text(MODULE_TEXT.format(folder=out.name))
         (staging / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
         check_config(yaml.safe_load((staging / CONFIG).read_text()))
@@ -172,10 +179,7 @@ def serve_on_cluster(models: list[Path], address: str, options: RayOptions,
     """Serve `models` on the Ray cluster at `address` until SIGINT or SIGTERM, then delete
     the application: `write_app` into a temporary folder, then Ray's own `serve run` of
     its config with the folder as working directory (Ray ships it to the nodes)."""
-    import signal
     import tempfile
-
-    from onnxtwin.runtime.cluster import check_address, import_ray
 
     ray = import_ray()
     check_address(address)
@@ -187,23 +191,45 @@ def serve_on_cluster(models: list[Path], address: str, options: RayOptions,
     with tempfile.TemporaryDirectory(prefix="onnxtwin-ray-") as folder:
         out = Path(folder) / "app"
         write_app(models, out, options, settings)
-        stops = {signal.SIGINT, signal.SIGTERM}
-        signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # taken by sigwait below
-        try:
+        with joining(address):  # `serve run` calls ray.init
             run.main([str(out / CONFIG), "--working-dir", str(out), "--address", address,
                       "--non-blocking"], standalone_mode=False)
-        except (ConnectionError, RuntimeError, ValueError) as e:  # ray.init's
-            raise OnnxtwinError(f"--ray: expected a Ray cluster at {address}, got "
-                                f"{first_line(e)}") from None
         try:
-            _wait_running(address, timeout_s, announce)
-            announce(f"serving {', '.join(model_names(models))} at "
-                     f"http://{options.host}:{options.port}/v2 on the Ray cluster {address} "
-                     f"({options.replicas} replica(s) each; stop with Ctrl-C)")
-            signal.sigwait(stops)
+            with _stopped_by_signals():
+                _wait_running(address, timeout_s, announce)
+                announce(f"serving {', '.join(model_names(models))} at "
+                         f"http://{options.host}:{options.port}/v2 on the Ray cluster "
+                         f"{address} ({options.replicas} replica(s) each; stop with Ctrl-C)")
+                while True:  # short: a signal that lands on one of Ray's threads runs
+                    time.sleep(0.5)  # its Python handler only once this thread wakes
         finally:
             serve.delete(APP)
             ray.shutdown()
+
+
+class _Stop(Exception):
+    """SIGINT or SIGTERM arrived."""
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """Leave the block at SIGINT or SIGTERM; a second one while the application is being
+    deleted ends the process at once. Set after `serve run` connected: ray.init installs
+    its own SIGTERM handler (and Ray's C++ core its failure handler), which would end the
+    process before the application is deleted."""
+    stops = (signal.SIGINT, signal.SIGTERM)
+
+    def stop(signum, frame) -> None:
+        raise _Stop
+
+    for s in stops:
+        signal.signal(s, stop)
+    try:
+        with suppress(_Stop):
+            yield
+    finally:
+        for s in stops:
+            signal.signal(s, signal.SIG_DFL)
 
 
 def _wait_running(address: str, timeout_s: float, announce) -> None:
