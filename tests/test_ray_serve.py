@@ -235,13 +235,14 @@ def test_serve_ray_answers_like_onnxtwin_serve_on_a_one_node_cluster(files, tmp_
 
 
 def metadata_status(url: str, model: str) -> int | str:
-    """The HTTP status of a model's metadata request, or "refused" without a listener."""
+    """The HTTP status of a model's metadata request, or "refused" when nothing answers (no
+    listener, a reset, or no answer within 10 s)."""
     try:
-        with urllib.request.urlopen(f"http://{url}/v2/models/{model}", timeout=30) as r:
+        with urllib.request.urlopen(f"http://{url}/v2/models/{model}", timeout=10) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
-    except (urllib.error.URLError, ConnectionError):
+    except OSError:  # URLError, ConnectionError, TimeoutError
         return "refused"
 
 
