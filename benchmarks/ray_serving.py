@@ -34,7 +34,7 @@ from itertools import product
 from pathlib import Path
 
 import numpy as np
-from serving import CLIENTS, load, request_body, serve
+from serving import CLIENTS, load, serve, workload
 
 from onnxtwin.runtime.files import atomic_path
 from onnxtwin.runtime.serve.ray_app import APP, INGRESS
@@ -228,9 +228,6 @@ def main() -> None:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally blocks run
     sys.path.insert(0, str(ROOT))  # tests.ray_cluster
-    from onnxtwin.builders import build_twins, sample_inputs
-    from onnxtwin.export import export_model
-    from onnxtwin.runtime import Session
     from onnxtwin.runtime.serve.ray_config import RayOptions, write_app
     from tests.ray_cluster import free_port, local_cluster
 
@@ -238,14 +235,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         models, paths = {}, []
         for name in ("cnn", "transformer"):
-            twins = build_twins(name)
-            path = export_model(twins, "torch", out).path
-            session = Session(path)
-            rows = [sample_inputs(twins.spec, batch=1, seq=50, seed=i) for i in range(256)]
-            (input_name,) = rows[0]
-            models[name] = (path.name.removesuffix(".onnx"),
-                            [request_body(input_name, r[input_name]) for r in rows],
-                            [session.run(r)["logits"].tobytes() for r in rows])
+            path, requests, expected = workload(name, out)
+            models[name] = (path.name.removesuffix(".onnx"), requests, expected)
             paths.append(path)
         port = free_port()
         folders = {}

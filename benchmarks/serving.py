@@ -119,25 +119,31 @@ def serve(paths: list[Path], extra: list[str]) -> tuple[subprocess.Popen, int]:
     return process, int(line.split("http://")[1].split("/")[0].split(":")[1])
 
 
+def workload(name: str, out: str) -> tuple[Path, list[tuple[bytes, dict]], list[bytes]]:
+    """Built-in `name`'s torch file exported into `out`, 256 one-row request bodies (seq 50
+    for text) and each one's expected logits: Session.run of that row alone."""
+    from onnxtwin.builders import build_twins, sample_inputs
+    from onnxtwin.export import export_model
+    from onnxtwin.runtime import Session
+
+    twins = build_twins(name)
+    path = export_model(twins, "torch", out).path
+    session = Session(path)
+    rows = [sample_inputs(twins.spec, batch=1, seq=50, seed=i) for i in range(256)]
+    (input_name,) = rows[0]
+    return (path, [request_body(input_name, r[input_name]) for r in rows],
+            [session.run(r)["logits"].tobytes() for r in rows])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving.json"))
     args = parser.parse_args()
-    from onnxtwin.builders import build_twins, sample_inputs
-    from onnxtwin.export import export_model
-    from onnxtwin.runtime import Session
-
     results = []
     with tempfile.TemporaryDirectory() as out:
         for name in ("cnn", "transformer"):
-            twins = build_twins(name)
-            path = export_model(twins, "torch", out).path
-            session = Session(path)
-            rows = [sample_inputs(twins.spec, batch=1, seq=50, seed=i) for i in range(256)]
-            (input_name,) = rows[0]
-            requests = [request_body(input_name, r[input_name]) for r in rows]
-            expected = [session.run(r)["logits"].tobytes() for r in rows]
+            path, requests, expected = workload(name, out)
             model = path.name.removesuffix(".onnx")
             for mode, extra in MODES.items():
                 process, port = serve([path], extra)

@@ -17,44 +17,11 @@ from onnx import numpy_helper
 from onnxtwin.conformance.report import without_timings
 from tests.cli_runner import CLI, onnxtwin
 from tests.ray_cluster import free_port, local_cluster
+from tests.test_user_pairs import MODELS, PAIRS
 
 BUILTINS = ("cnn", "gru", "textcnn")
-PAIR = textwrap.dedent('''
-    import keras
-    import torch
-    from torch import nn
-
-    L = keras.layers
-
-
-    class TextConv(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(30, 8)
-            self.conv = nn.Conv1d(8, 12, 3, padding=1)
-            self.out = nn.Linear(12, 3)
-
-        def forward(self, tokens):
-            h = torch.relu(self.conv(self.embed(tokens).transpose(1, 2)))
-            return self.out(h.amax(dim=2))
-
-
-    def text_torch():
-        return TextConv()
-
-
-    def text_keras():
-        tokens = keras.Input((None,), dtype="int64")
-        h = L.Conv1D(12, 3, padding="same", activation="relu")(L.Embedding(30, 8)(tokens))
-        return keras.Model(tokens, L.Dense(3)(L.GlobalMaxPooling1D()(h)))
-''')
-SPEC = textwrap.dedent('''
-    [models.user-text]
-    torch = "pair.py:text_torch"
-    keras = "pair.py:text_keras"
-    inputs = [{ name = "tokens", dtype = "int64", shape = ["batch", "seq"], range = [0, 30] }]
-    dims = { batch = [1, 4], seq = [3, 17] }
-''')
+SPEC = "[models.user-text]\n" + textwrap.dedent(PAIRS["user-text"])
+"""One of test_user_pairs' torch/Keras pairs; its module is that file's MODELS."""
 DIFFERS = {"command"}
 """What report.json may hold differently, besides its timings (report.TIMINGS): argv."""
 
@@ -71,7 +38,7 @@ def _onnx_content(path: Path) -> tuple:
 
 @pytest.mark.slow
 def test_check_on_a_two_node_cluster_writes_the_local_run_s_report_and_files(tmp_path):
-    (tmp_path / "pair.py").write_text(PAIR)
+    (tmp_path / "pairs.py").write_text(MODELS)
     (tmp_path / "spec.toml").write_text(SPEC)
     models = [a for name in (*BUILTINS, "user-text") for a in ("-m", name)]
     args = ["check", *models, "--spec", "spec.toml"]  # relative: a node resolves nothing
