@@ -193,6 +193,54 @@ def test_triton_options_are_refused_for_ray_and_ray_options_for_triton(files, tm
     assert not (tmp_path / "r").exists()
 
 
+# --- a model replica, without a cluster ---
+
+class ConcurrencyCounting:
+    """A Session whose runs take 50 ms longer and record how many overlap."""
+
+    def __init__(self, session: Session) -> None:
+        self.session, self.running, self.most = session, 0, 0
+        self.lock = threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def run(self, inputs):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(0.05)
+            return self.session.run(inputs)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_a_replica_runs_one_request_at_a_time(files):
+    """Ray lets a replica hold `max_ongoing_requests` at once; its runs still take turns,
+    so --max-run-mb bounds the replica's memory (here unbatched: every request its own run;
+    @serve.batch itself needs a replica context)."""
+    import asyncio
+    from dataclasses import asdict
+
+    from onnxtwin.runtime.serve.ray_app import OnnxModel
+    from onnxtwin.runtime.serve.server import ServeOptions
+
+    model = OnnxModel.func_or_class("cnn.torch", str(files / "cnn.torch.onnx"), "cpu", 0, 0.0,
+                                    {}, asdict(ServeOptions()))
+    model.session = counting = ConcurrencyCounting(model.session)
+    rows = [images(r, seed=r) for r in (1, 3, 2, 5, 1, 4, 2, 1)]
+
+    async def all_at_once():
+        return await asyncio.gather(*(model.infer({"image": x}) for x in rows))
+
+    results = asyncio.run(all_at_once())
+    assert counting.most == 1
+    for x, result in zip(rows, results, strict=True):
+        assert result["logits"].tobytes() == counting.session.run({"image": x})["logits"].tobytes()
+
+
 # --- serve --ray on a one-node cluster (fast tier) ---
 
 def test_serve_ray_answers_like_onnxtwin_serve_on_a_one_node_cluster(files, tmp_path):
@@ -248,8 +296,9 @@ def metadata_status(url: str, model: str) -> int | str:
 
 @pytest.mark.parametrize("args, message", [
     ([], "--ray: expected a Ray cluster listening at 127.0.0.1:1, got Connection refused"),
-    (["--idle-timeout", "3"], "--idle-timeout: expected it only without --ray (Ray's HTTP "
-                              "proxies hold the connections), got --ray"),
+    *((["--" + option, "3"], f"--{option}: expected it only without --ray (Ray's HTTP "
+                             f"proxies hold the connections), got --ray")
+      for option in ("header-timeout", "idle-timeout", "max-connections")),
     (["--port", "0"], "port: expected a number from 1 to 65535, got 0"),
 ])
 def test_serve_ray_bad_input_is_one_line(files, args, message):
